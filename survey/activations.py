@@ -1,0 +1,121 @@
+"""Layer activations by forward hooks: batched, on the GPU when there is one, conv maps kept spatially."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """One layer's response to a stimulus set.
+
+    `flat` (n_stimuli × n_units) is what metrics compare: conv maps are average-pooled to at most
+    `spatial_pool` positions a side and flattened, other outputs flattened. `spatial`
+    (n_stimuli × C × H × W) is the full conv map, kept for the convolutional metric; None otherwise.
+    """
+
+    flat: np.ndarray
+    spatial: np.ndarray | None
+
+
+class _EnoughLayers(Exception):
+    """Raised by the last hook of a batch: the layers after it need not run."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def preprocess(
+    batch: torch.Tensor,
+    input_size: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> torch.Tensor:
+    """Resize (bilinear, antialiased) to `input_size` and normalise channels by `mean`/`std` when given."""
+    if input_size is not None and batch.shape[-2:] != (input_size, input_size):
+        batch = F.interpolate(batch, size=(input_size, input_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+    if mean is not None and std is not None:
+        shape = (1, -1, 1, 1)
+        batch = (batch - batch.new_tensor(mean).view(shape)) / batch.new_tensor(std).view(shape)
+    return batch
+
+
+def extract(
+    model: nn.Module,
+    images: np.ndarray,
+    layers: list[str] | tuple[str, ...],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    input_size: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    spatial_pool: int = 4,
+    keep_spatial: bool = True,
+) -> dict[str, LayerActivations]:
+    """Responses of the named `layers` of `model` to `images` (N × C × H × W float32 in [0, 1]).
+
+    Each layer's output is copied to host memory batch by batch into preallocated arrays; the forward
+    pass stops as soon as every requested layer has fired.
+    """
+    device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise KeyError(f"model has no layers {missing}")
+    model = model.eval().to(device)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):  # noqa: ANN202
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+            if len(captured) == len(layers):
+                raise _EnoughLayers
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
+    flat: dict[str, np.ndarray] = {}
+    spatial: dict[str, np.ndarray | None] = {}
+    n = len(images)
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+                batch = preprocess(batch.to(device, non_blocking=True), input_size, mean, std)
+                captured.clear()
+                try:
+                    model(batch)
+                except _EnoughLayers:
+                    pass
+                stop = start + len(batch)
+                for name in layers:
+                    output = captured[name].float()
+                    pooled = _pool(output, spatial_pool).flatten(1).cpu().numpy()
+                    if name not in flat:
+                        flat[name] = np.empty((n, pooled.shape[1]), np.float32)
+                        keep = keep_spatial and output.ndim == 4
+                        spatial[name] = np.empty((n, *output.shape[1:]), np.float32) if keep else None
+                    flat[name][start:stop] = pooled
+                    if spatial[name] is not None:
+                        spatial[name][start:stop] = output.cpu().numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: LayerActivations(flat[name], spatial[name]) for name in layers}
+
+
+def _pool(output: torch.Tensor, spatial_pool: int) -> torch.Tensor:
+    if output.ndim != 4:
+        return output
+    height, width = output.shape[-2:]
+    return F.adaptive_avg_pool2d(output, (min(height, spatial_pool), min(width, spatial_pool)))

@@ -1,0 +1,98 @@
+"""The Parquet schema of every catalog table, declared once (documented in catalogs/README.md)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+_PROVENANCE = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
+]
+
+
+def _schema(*fields: pa.Field) -> pa.Schema:
+    return pa.schema([*fields, *_PROVENANCE])
+
+
+STIMULUS_SETS = _schema(
+    pa.field("stimset_id", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("n_images", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("channels", pa.int32(), nullable=False),
+    pa.field("params", pa.string(), nullable=False),  # JSON of the generating spec
+    pa.field("content_hash", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),  # .npz with images, labels, coords
+)
+
+NETWORKS = _schema(
+    pa.field("network_id", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("family", pa.string(), nullable=False),  # zoo | torchvision | timm | callable
+    pa.field("spec", pa.string(), nullable=False),  # JSON: cell spec, or kind/target/kwargs
+    pa.field("layers", pa.list_(pa.string()), nullable=False),  # representation layers, input to output
+    pa.field("n_params", pa.int64(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("objective", pa.string(), nullable=False),  # supervised | contrastive | untrained | external
+    pa.field("train_accuracy", pa.float64()),
+    pa.field("test_accuracy", pa.float64()),
+    pa.field("train_seconds", pa.float64()),
+    pa.field("weights_uri", pa.string(), nullable=False),  # safetensors
+    pa.field("content_hash", pa.string(), nullable=False),  # sha256 of the weights file
+)
+
+SESSIONS = _schema(
+    pa.field("session_id", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=False),
+    pa.field("subject", pa.string(), nullable=False),
+    pa.field("areas", pa.list_(pa.string()), nullable=False),
+    pa.field("n_units", pa.int32(), nullable=False),
+    pa.field("stimsets", pa.list_(pa.string()), nullable=False),  # stimset_id of each presented set
+    pa.field("n_stimuli", pa.int32(), nullable=False),  # over all presented sets
+    pa.field("n_repeats", pa.int32(), nullable=False),  # smallest over the presented sets
+    pa.field("synthetic", pa.bool_(), nullable=False),
+    pa.field("source_uri", pa.string(), nullable=False),  # the NWB file
+    pa.field("content_hash", pa.string(), nullable=False),  # of the binned response tensors
+)
+
+REPRESENTATIONS = _schema(
+    pa.field("rep_id", pa.string(), nullable=False),
+    pa.field("source_kind", pa.string(), nullable=False),  # network | session
+    pa.field("source_id", pa.string(), nullable=False),  # network_id or session_id
+    pa.field("source_name", pa.string(), nullable=False),
+    pa.field("layer_or_area", pa.string(), nullable=False),
+    pa.field("layer_index", pa.int32(), nullable=False),  # position among the source's layers / areas
+    pa.field("depth", pa.float64()),  # relative depth in [0, 1]; areas: V1 0, V2 .25, V4 .5, IT 1
+    pa.field("stimset_id", pa.string(), nullable=False),
+    pa.field("n_stimuli", pa.int32(), nullable=False),
+    pa.field("n_units", pa.int32(), nullable=False),
+    pa.field("array_uri", pa.string(), nullable=False),  # .npy, n_stimuli × n_units float32
+    pa.field("spatial_uri", pa.string()),  # conv layers: .npy, n_stimuli × C × H × W float32
+    pa.field("repeats_uri", pa.string()),  # sessions: .npy, n_stimuli × n_repeats × n_units float32
+    pa.field("n_repeats", pa.int32()),
+    pa.field("preprocessing", pa.string(), nullable=False),  # JSON: input size, normalisation, pooling
+    pa.field("content_hash", pa.string(), nullable=False),  # of the n_stimuli × n_units array
+)
+
+RUNS = _schema(
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("config", pa.string(), nullable=False),  # JSON of the stage's part of the survey config
+    pa.field("started", pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field("finished", pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field("status", pa.string(), nullable=False),  # ok
+    pa.field("executor", pa.string(), nullable=False),
+    pa.field("units_total", pa.int64(), nullable=False),
+    pa.field("units_run", pa.int64(), nullable=False),
+    pa.field("units_skipped", pa.int64(), nullable=False),
+    pa.field("rows", pa.string(), nullable=False),  # JSON: rows written per table
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "stimulus_sets": STIMULUS_SETS,
+    "networks": NETWORKS,
+    "sessions": SESSIONS,
+    "representations": REPRESENTATIONS,
+    "runs": RUNS,
+}

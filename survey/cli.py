@@ -1,0 +1,209 @@
+"""The `survey` command (Typer)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from survey.catalog import TABLES, Warehouse, connect
+from survey.config import DEMO_CONFIG, STAGE_ORDER, SurveyConfig, load_config
+from survey.errors import SurveyError
+
+DEFAULT_WAREHOUSE = "catalogs/warehouse"
+
+app = typer.Typer(help="neurosurvey: survey neural representations of networks and recorded brain areas.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+zoo_app = typer.Typer(help="The generated model zoo.", no_args_is_help=True)
+sessions_app = typer.Typer(help="Recording sessions (NWB).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(sessions_app, name="sessions")
+console = Console()
+
+WarehouseOption = Annotated[str, typer.Option(
+    "--warehouse", "-w", envvar="SURVEY_WAREHOUSE", help="Warehouse root: a directory or a pyarrow.fs URI.",
+)]
+
+
+class ExecutorKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+ExecutorOption = Annotated[ExecutorKind | None, typer.Option(help="Override the config's executor.")]
+
+
+def _with_executor(config: SurveyConfig, executor: ExecutorKind | None) -> SurveyConfig:
+    if executor is None:
+        return config
+    return config.model_copy(update={"executor": config.executor.model_copy(update={"kind": executor.value})})
+
+
+def execute(config: SurveyConfig, warehouse: str, stages: tuple[str, ...] | None = None) -> None:
+    """Run `config` into `warehouse` and print what each stage did."""
+    from survey.runtime.survey import run_survey
+
+    start = time.perf_counter()
+    reports = run_survey(config, Warehouse(warehouse), stages=stages)
+    table = Table("stage", "units", "run now", "rows written", "seconds", title=f"survey {config.name!r}")
+    for report in reports:
+        rows = ", ".join(f"{name} {count}" for name, count in sorted(report.rows.items())) or "-"
+        table.add_row(report.stage, str(report.units_total), str(report.units_run), rows, f"{report.seconds:.1f}")
+    console.print(table)
+    console.print(f"finished in {time.perf_counter() - start:.1f} s; warehouse: {Warehouse(warehouse).uri}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Survey config (YAML).")],
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    stages: Annotated[str | None, typer.Option(help=f"Comma-separated subset of {', '.join(STAGE_ORDER)}.")] = None,
+    executor: ExecutorOption = None,
+) -> None:
+    """Run a survey config: every stage resumes where the catalog stands."""
+    chosen = tuple(stages.split(",")) if stages else None
+    unknown = sorted(set(chosen or ()) - set(STAGE_ORDER))
+    if unknown:
+        raise SurveyError(f"--stages: unknown stages {unknown}; choose from {', '.join(STAGE_ORDER)}")
+    execute(_with_executor(load_config(config), executor), warehouse, chosen)
+
+
+@app.command()
+def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOption = None) -> None:
+    """The whole survey on the embedded default config, then a summary and where to look next."""
+    execute(_with_executor(load_config(DEMO_CONFIG), executor), warehouse)
+    connection = connect(Warehouse(warehouse))
+    _print_query(connection, "rows per table", " UNION ALL ".join(
+        f"SELECT '{table}' AS table_name, count(*) AS rows FROM {table}" for table in TABLES))
+    _print_query(connection, "representations", """
+        SELECT r.source_kind, s.name AS stimset, count(*) AS representations, count(DISTINCT r.source_id) AS sources,
+               round(avg(r.n_units)) AS mean_units
+        FROM representations r JOIN stimulus_sets s USING (stimset_id) GROUP BY ALL ORDER BY ALL""")
+    _print_query(connection, "networks by objective", """
+        SELECT objective, count(*) AS networks, round(avg(test_accuracy), 3) AS mean_test_accuracy,
+               round(avg(n_params)) AS mean_params FROM networks GROUP BY 1 ORDER BY 1""")
+    console.print(
+        "\nNext: query the catalogs with SQL, e.g.\n"
+        f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"
+        f"  survey sql -w {warehouse} \"SELECT name, objective, test_accuracy FROM networks ORDER BY 3 DESC LIMIT 5\"\n"
+        f"  survey sql -w {warehouse} --format csv \"SELECT * FROM sessions\"\n"
+        "Tables and columns: catalogs/README.md. Run your own survey: survey run jobs/configs/small.yaml"
+    )
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="DuckDB SQL over the catalog views (one per table).")],
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,  # noqa: A002
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (parquet: required).")] = None,
+) -> None:
+    """Query the catalogs with DuckDB (in memory, read-only over the Parquet files)."""
+    import duckdb
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    store = Warehouse(warehouse)
+    if not store.exists():
+        raise SurveyError(f"warehouse {store.uri} does not exist; run `survey demo` or `survey run` first, "
+                          "or pass --warehouse")
+    try:
+        result = connect(store).sql(query)
+    except duckdb.Error as err:
+        raise SurveyError(f"query failed: {' '.join(str(err).split())}") from None
+    if result is None:
+        return
+    data = result.to_arrow_table()
+    if format is OutputFormat.parquet:
+        if output is None:
+            raise SurveyError("--format parquet writes a file; add --output PATH.parquet")
+        pq.write_table(data, output)
+    elif format is OutputFormat.csv:
+        pacsv.write_csv(data, output or sys.stdout.buffer)
+    elif format is OutputFormat.json:
+        text = json.dumps(data.to_pylist(), default=str, indent=1)
+        output.write_text(text) if output else print(text)
+    else:
+        _print_table(data.column_names, data.to_pylist())
+
+
+@zoo_app.command("build")
+def zoo_build(
+    n: Annotated[int, typer.Option("--n", help="Architectures to sample; each is trained under every objective.")] = 8,
+    steps: Annotated[int, typer.Option(help="Training steps per network.")] = 300,
+    seed: int = 0,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    executor: ExecutorOption = None,
+) -> None:
+    """Sample, train and register zoo networks (weights as safetensors in the warehouse)."""
+    zoo = {"n_architectures": n, "seed": seed, "train": {"steps": steps}}
+    config = SurveyConfig.model_validate({"name": "zoo", "zoo": zoo, "stages": ["networks"]})
+    execute(_with_executor(config, executor), warehouse)
+
+
+@sessions_app.command("synth")
+def sessions_synth(
+    n: Annotated[int, typer.Option("--n", help="Sessions to simulate (V1, V4, IT units each).")] = 6,
+    subjects: int = 2,
+    seed: int = 0,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    executor: ExecutorOption = None,
+) -> None:
+    """Write synthetic NWB sessions shown the demo's stimulus sets, and register them."""
+    demo_config = load_config(DEMO_CONFIG).model_dump(mode="json")
+    synthetic = {**demo_config["sessions"]["synthetic"], "n": n, "subjects": subjects, "seed": seed}
+    config = SurveyConfig.model_validate({
+        "name": "sessions", "stimuli": demo_config["stimuli"], "sessions": {"synthetic": synthetic},
+        "stages": ["stimuli", "sessions"],
+    })
+    execute(_with_executor(config, executor), warehouse)
+
+
+@app.command()
+def submit(
+    config: Annotated[Path, typer.Argument(help="Survey config (YAML) inside the working directory.")],
+    address: Annotated[str, typer.Option(help="Ray dashboard address of the cluster.")] = "http://127.0.0.1:8265",
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    wait: Annotated[bool, typer.Option(help="Follow the job's logs until it ends.")] = True,
+) -> None:
+    """Submit a survey as a Ray job (`jobs/run_survey.py`); needs RAY_AUTH_MODE=token and the cluster's token."""
+    from survey.runtime.jobs import submit_survey
+
+    status = submit_survey(config, warehouse, address, follow=wait)
+    if status not in ("SUCCEEDED", "PENDING", "RUNNING"):
+        raise SurveyError(f"Ray job ended {status}; read its logs with `ray job logs` on {address}")
+
+
+def _print_query(connection, title: str, query: str) -> None:  # noqa: ANN001
+    result = connection.sql(query)
+    _print_table(result.columns, [dict(zip(result.columns, row)) for row in result.fetchall()], title)
+
+
+def _print_table(columns: list[str], rows: list[dict], title: str | None = None) -> None:
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except SurveyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,157 @@
+"""Survey configuration (pydantic): what to survey, where, and with which executor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from survey.errors import SurveyError
+from survey.sources.zoo import TrainConfig
+from survey.stimuli import StimulusSpec
+
+STAGE_ORDER = ("stimuli", "networks", "sessions", "activations")
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExecutorConfig(_Strict):
+    """How units of work run: in this process, or on Ray actors (local cluster or an existing one)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # Ray address; None: the job's cluster under `ray job submit`, else a local one
+    num_workers: int = Field(2, ge=1)  # actors (one per GPU on a GPU cluster)
+    num_cpus_per_worker: float = Field(1.0, gt=0)
+    num_gpus_per_worker: float = Field(0.0, ge=0)
+    threads_per_worker: int = Field(1, ge=1)  # torch intra-op threads inside each unit of work
+    max_restarts: int = Field(2, ge=0)
+    max_task_retries: int = Field(2, ge=0)
+
+
+class ZooConfig(_Strict):
+    """The generated model zoo: `n_architectures` sampled cells, each trained under every objective."""
+
+    n_architectures: int = Field(8, ge=1)
+    objectives: tuple[Literal["supervised", "contrastive", "untrained"], ...] = (
+        "supervised", "contrastive", "untrained",
+    )
+    seed: int = 0
+    train: TrainConfig = TrainConfig()
+    layers: Literal["all"] | tuple[str, ...] = "all"  # representation layers of every zoo network
+
+
+class ExternalNetwork(_Strict):
+    """A network the user brings: torchvision/timm by name or any ``module:callable``, optional local weights."""
+
+    name: str
+    kind: Literal["torchvision", "timm", "callable"]
+    target: str
+    kwargs: dict = {}
+    weights: str | None = None  # local state dict (.safetensors or torch.save of a state dict)
+    layers: tuple[str, ...] = Field(min_length=1)
+    seed: int = 0  # random init when no weights are given
+    input_size: int | None = None  # resize stimuli to this size before the forward pass
+    mean: tuple[float, float, float] | None = None  # input normalisation applied after resizing
+    std: tuple[float, float, float] | None = None
+
+
+class SyntheticSessions(_Strict):
+    """Simulated V1/V4/IT recordings written as NWB files (see survey.sources.synthetic)."""
+
+    n: int = Field(6, ge=1)
+    subjects: int = Field(2, ge=1)
+    units_per_area: int = Field(30, ge=1)
+    repeats: int = Field(6, ge=2)
+    stimuli: tuple[str, ...] = ("natural",)
+    seed: int = 0
+
+
+class NWBSession(_Strict):
+    """A recorded session in an NWB file (units with spike times + a stimulus presentation table)."""
+
+    path: str
+    name: str | None = None
+    stimset: str | None = None  # stimulus set of every presentation when the table has no stimset column
+    presentation_table: str | None = None
+    index_column: str = "stimulus_index"
+    stimset_column: str = "stimulus_set"
+    window: tuple[float, float] = (0.05, 0.25)
+
+
+class SessionsConfig(_Strict):
+    synthetic: SyntheticSessions | None = None
+    nwb: tuple[NWBSession, ...] = ()
+
+
+class ActivationsConfig(_Strict):
+    """Which stimulus sets every network sees, and how layer outputs are kept."""
+
+    stimuli: tuple[str, ...] | None = None  # stimulus-set names; None: all of them
+    batch_size: int = Field(256, ge=1)
+    spatial_pool: int = Field(4, ge=1)  # conv maps are average-pooled to at most this many positions a side
+    keep_spatial: bool = True  # also store full conv maps (for the convolutional shape metric)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SurveyConfig(_Strict):
+    """A whole survey; each section configures one stage, and `stages` picks which run."""
+
+    name: str = "survey"
+    executor: ExecutorConfig = ExecutorConfig()
+    stimuli: tuple[StimulusSpec, ...] = ()
+    zoo: ZooConfig | None = None
+    networks: tuple[ExternalNetwork, ...] = ()
+    sessions: SessionsConfig | None = None
+    activations: ActivationsConfig = ActivationsConfig()
+    stages: tuple[Literal[STAGE_ORDER], ...] = STAGE_ORDER  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> SurveyConfig:
+        names = [spec.name for spec in self.stimuli]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stimulus set names must be unique, got {names}")
+        wanted = list(self.activations.stimuli or ())
+        if self.sessions and self.sessions.synthetic:
+            wanted += self.sessions.synthetic.stimuli
+        wanted += [s.stimset for s in (self.sessions.nwb if self.sessions else ()) if s.stimset]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ValueError(f"stimulus sets {unknown} are used but not defined under `stimuli:` (defined: {names})")
+        network_names = [n.name for n in self.networks]
+        if len(set(network_names)) != len(network_names):
+            raise ValueError(f"network names must be unique, got {network_names}")
+        return self
+
+    def stimset_names(self) -> tuple[str, ...]:
+        return self.activations.stimuli or tuple(spec.name for spec in self.stimuli)
+
+
+def load_config(path: str | Path) -> SurveyConfig:
+    """Read and validate a YAML survey config; any problem becomes one line naming the file and the field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise SurveyError(f"config {path}: cannot read it ({err.strerror}); pass the path of a YAML file") from None
+    except yaml.YAMLError as err:
+        raise SurveyError(f"config {path}: not valid YAML ({_one_line(str(err))}); fix the syntax") from None
+    return parse_config(data, str(path))
+
+
+def parse_config(data: dict, source: str = "config") -> SurveyConfig:
+    try:
+        return SurveyConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise SurveyError(f"config {source}: {where}: {_one_line(first['msg'])}{more}; fix this field") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

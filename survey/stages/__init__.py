@@ -1,0 +1,75 @@
+"""Stages: each plans content-keyed units of work from the config and the catalogs, and runs one unit.
+
+A unit writes its arrays first, then one part file per table named by the unit's key, its stage's primary
+table last: a unit is done exactly when that part exists, so a re-run skips it and never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from survey import __version__
+from survey.catalog import Warehouse
+from survey.config import SurveyConfig
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One content-keyed piece of work; `payload` is small (configs and URIs, never big arrays)."""
+
+    key: str
+    label: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    threads: int = 1
+    code_version: str = __version__
+
+    def provenance(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "code_version": self.code_version}
+
+
+class Stage(ABC):
+    """A survey stage; subclasses set `name` and the primary `table` whose parts mark units done."""
+
+    name: ClassVar[str]
+    table: ClassVar[str]
+    version: ClassVar[int] = 1  # bump when a stage's output changes for the same inputs
+
+    def __init__(self, config: SurveyConfig) -> None:
+        self.config = config
+
+    def check(self) -> None:  # noqa: B027 - most stages have nothing to check before the run
+        """Validate the config before any stage writes (no catalog access); raises SurveyError."""
+
+    @abstractmethod
+    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+        """All units this config asks for (done or not); validates inputs before anything is written."""
+
+    @abstractmethod
+    def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
+        """Do one unit; returns rows written per table."""
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """The part of the config this stage reads (recorded in `runs`)."""
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` torch intra-op threads (fixed so results are reproducible), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

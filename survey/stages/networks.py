@@ -1,0 +1,126 @@
+"""Stage `networks`: build and train the model zoo, register users' networks; weights as safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from survey.catalog import Warehouse
+from survey.config import ExternalNetwork
+from survey.errors import SurveyError
+from survey.hashing import bytes_hash, content_key
+from survey.sources.checkpoints import load_into
+from survey.sources.external import build_external, check_layers
+from survey.sources.zoo import N_CLASSES, CellSpec, build_network, n_params, sample_spec, save_weights, train
+from survey.stages import RunInfo, Stage, WorkUnit
+
+
+class NetworksStage(Stage):
+    name = "networks"
+    table = "networks"
+
+    def settings(self) -> dict[str, Any]:
+        zoo = self.config.zoo.model_dump(mode="json") if self.config.zoo else None
+        return {"zoo": zoo, "networks": [net.model_dump(mode="json") for net in self.config.networks]}
+
+    def check(self) -> None:
+        """Build every user network, load its weights and look up its layers before anything is written."""
+        self.plan(None)
+
+    def plan(self, warehouse: Warehouse | None) -> list[WorkUnit]:
+        return self._zoo_units() + [self._external_unit(net) for net in self.config.networks]
+
+    def _zoo_units(self) -> list[WorkUnit]:
+        zoo = self.config.zoo
+        if zoo is None:
+            return []
+        units = []
+        for index in range(zoo.n_architectures):
+            spec = sample_spec(np.random.default_rng([zoo.seed, index]))
+            layers = _zoo_layers(spec, zoo.layers, f"zoo{index:03d}")
+            seed = zoo.seed * 100_003 + index
+            for objective in zoo.objectives:
+                training = None if objective == "untrained" else zoo.train.model_dump(mode="json")
+                key = content_key("net", spec.model_dump(mode="json"), objective, training, seed, self.version)
+                payload = {"spec": spec, "objective": objective, "seed": seed, "layers": layers}
+                units.append(WorkUnit(key, f"zoo{index:03d}-{objective}", payload))
+        return units
+
+    def _external_unit(self, network: ExternalNetwork) -> WorkUnit:
+        module = _build_external(network, network.weights)  # validates target, weights and layer names now
+        check_layers(module, network.layers, network.name)
+        weights = bytes_hash(Path(network.weights).read_bytes()) if network.weights else None
+        key = content_key("net", network.model_dump(mode="json", exclude={"name"}), weights, self.version)
+        return WorkUnit(key, network.name, {"network": network})
+
+    def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
+        if "network" in unit.payload:
+            network: ExternalNetwork = unit.payload["network"]
+            module = _build_external(network, network.weights)
+            spec = {**network.model_dump(mode="json", include={"kind", "target", "kwargs", "input_size", "mean",
+                                                                   "std"})}
+            row = {"name": network.name, "family": network.kind, "layers": list(network.layers),
+                   "seed": network.seed, "objective": "external" if network.weights else "untrained",
+                   "train_accuracy": None, "test_accuracy": None, "train_seconds": None}
+        else:
+            zoo = self.config.zoo
+            cell: CellSpec = unit.payload["spec"]
+            module = build_network(cell, N_CLASSES, seed=unit.payload["seed"])
+            metrics = train(module, unit.payload["objective"], zoo.train, unit.payload["seed"])
+            spec = {"cell": cell.model_dump(mode="json"), "n_classes": N_CLASSES, "task_size": zoo.train.image_size}
+            row = {"name": unit.label, "family": "zoo", "layers": list(unit.payload["layers"]),
+                   "seed": unit.payload["seed"], "objective": unit.payload["objective"],
+                   "train_accuracy": metrics["train_accuracy"], "test_accuracy": metrics["test_accuracy"],
+                   "train_seconds": metrics["seconds"]}
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "weights.safetensors")
+            digest = save_weights(module, path)
+            weights_uri = warehouse.put_file(path, digest, ".safetensors")
+        row.update(network_id=unit.key, spec=json.dumps(spec, sort_keys=True), n_params=n_params(module),
+                   weights_uri=weights_uri, content_hash=digest, **info.provenance())
+        return {self.table: warehouse.write_part(self.table, unit.key, [row])}
+
+
+def load_network(row: dict, warehouse: Warehouse) -> tuple[nn.Module, dict]:
+    """The module of a `networks` row with its stored weights, and its preprocessing (cached per process)."""
+    key = (warehouse.uri, row["content_hash"], row["spec"])
+    if key not in _MODELS:
+        spec = json.loads(row["spec"])
+        with warehouse.local_copy(row["weights_uri"]) as weights:
+            if row["family"] == "zoo":
+                module = build_network(CellSpec.model_validate(spec["cell"]), spec["n_classes"])
+                load_into(module, weights)
+                preprocessing = {"input_size": spec["task_size"], "mean": None, "std": None}
+            else:
+                module = build_external(spec["kind"], spec["target"], spec["kwargs"], weights)
+                preprocessing = {name: spec[name] for name in ("input_size", "mean", "std")}
+        _MODELS[key] = (module, preprocessing)
+        while len(_MODELS) > _MODEL_CACHE_SIZE:
+            _MODELS.popitem(last=False)
+    _MODELS.move_to_end(key)
+    return _MODELS[key]
+
+
+_MODEL_CACHE_SIZE = 2
+_MODELS: OrderedDict[tuple, tuple[nn.Module, dict]] = OrderedDict()
+
+
+def _zoo_layers(spec: CellSpec, wanted: str | tuple[str, ...], name: str) -> tuple[str, ...]:
+    network = build_network(spec)
+    if wanted == "all":
+        return tuple(network.layer_names)
+    check_layers(network, wanted, name)
+    return tuple(wanted)
+
+
+def _build_external(network: ExternalNetwork, weights: str | None) -> nn.Module:
+    torch.manual_seed(network.seed)
+    return build_external(network.kind, network.target, dict(network.kwargs), weights)

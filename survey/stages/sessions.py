@@ -1,0 +1,136 @@
+"""Stage `sessions`: write synthetic NWB sessions, read NWB files, bin them into representations per area."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from survey.catalog import Warehouse
+from survey.config import NWBSession, SurveyConfig
+from survey.errors import SurveyError
+from survey.hashing import bytes_hash, content_key, stable_hash
+from survey.sources.nwb import RecordedSession, read_session
+from survey.sources.synthetic import write_session
+from survey.stages import RunInfo, Stage, WorkUnit
+from survey.stages.stimuli import load_images, stimset_rows
+
+# Relative depth of the areas of the primate ventral stream, so that areas and layers share an axis.
+AREA_DEPTH = {"V1": 0.0, "V2": 0.25, "V4": 0.5, "IT": 1.0}
+
+
+class SessionsStage(Stage):
+    name = "sessions"
+    table = "sessions"
+
+    def settings(self) -> dict[str, Any]:
+        return self.config.sessions.model_dump(mode="json") if self.config.sessions else {}
+
+    def check(self) -> None:
+        for nwb in self.config.sessions.nwb if self.config.sessions else ():
+            if not Path(nwb.path).is_file():
+                raise SurveyError(f"NWB file {nwb.path} does not exist; fix sessions.nwb[].path in the config")
+
+    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+        sessions = self.config.sessions
+        if sessions is None:
+            return []
+        units = []
+        if sessions.synthetic:
+            synthetic = sessions.synthetic
+            sets = stimset_rows(self.config, warehouse, synthetic.stimuli)
+            stimset_ids = {name: row["stimset_id"] for name, row in sets.items()}
+            for index in range(synthetic.n):
+                subject = f"subject{index % synthetic.subjects:02d}"
+                name = f"synth-{subject}-{index:03d}"
+                key = content_key("ses", synthetic.model_dump(mode="json", exclude={"n", "stimuli"}), stimset_ids,
+                                  index, self.version)
+                units.append(WorkUnit(key, name, {"synthetic": index, "subject": subject, "stimsets": sets}))
+        for nwb in sessions.nwb:
+            units.append(self._nwb_unit(nwb, warehouse))
+        return units
+
+    def _nwb_unit(self, nwb: NWBSession, warehouse: Warehouse) -> WorkUnit:
+        path = Path(nwb.path)
+        stimset_names = tuple(spec.name for spec in self.config.stimuli)
+        sets = stimset_rows(self.config, warehouse, stimset_names)
+        reader = nwb.model_dump(mode="json", exclude={"path", "name"})
+        key = content_key("ses", _file_hash(path), reader, {n: r["stimset_id"] for n, r in sets.items()},
+                          self.version)
+        return WorkUnit(key, nwb.name or path.stem, {"nwb": nwb, "stimsets": sets})
+
+    def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
+        sets: dict[str, dict] = unit.payload["stimsets"]
+        if "nwb" in unit.payload:
+            nwb: NWBSession = unit.payload["nwb"]
+            recorded = read_session(
+                nwb.path, presentation_table=nwb.presentation_table, index_column=nwb.index_column,
+                stimset_column=nwb.stimset_column, default_stimset=nwb.stimset, window=nwb.window,
+            )
+            return self._ingest(unit, recorded, sets, str(Path(nwb.path).absolute()), False, warehouse, info)
+        synthetic = self.config.sessions.synthetic
+        images = {name: load_images(warehouse.uri, row["uri"]) for name, row in sets.items()}
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, f"{unit.label}.nwb")
+            write_session(
+                path, images, session_id=unit.label, subject=unit.payload["subject"],
+                seed=synthetic.seed * 100_003 + unit.payload["synthetic"], units_per_area=synthetic.units_per_area,
+                repeats=synthetic.repeats,
+            )
+            recorded = read_session(path)
+            source_uri = warehouse.put_file(path, _file_hash(Path(path)), ".nwb")
+        return self._ingest(unit, recorded, sets, source_uri, True, warehouse, info)
+
+    def _ingest(
+        self, unit: WorkUnit, recorded: RecordedSession, sets: dict[str, dict], source_uri: str, synthetic: bool,
+        warehouse: Warehouse, info: RunInfo,
+    ) -> dict[str, int]:
+        unknown = sorted(set(recorded.responses) - set(sets))
+        if unknown:
+            raise SurveyError(
+                f"session {unit.label}: presents stimulus sets {unknown} that the config does not define; "
+                f"add them under `stimuli:` (defined: {sorted(sets)})"
+            )
+        reps, hashes = [], []
+        for stimset_name, responses in sorted(recorded.responses.items()):
+            row_set = sets[stimset_name]
+            if responses.shape[0] != row_set["n_images"]:
+                raise SurveyError(
+                    f"session {unit.label}: stimulus set {stimset_name!r} has {row_set['n_images']} images but "
+                    f"the NWB presents {responses.shape[0]}; check the stimulus index column"
+                )
+            for index, area in enumerate(recorded.areas):
+                area_repeats = np.ascontiguousarray(responses[:, :, recorded.unit_areas == area], np.float32)
+                mean_uri, digest = warehouse.put_array(area_repeats.mean(axis=1))
+                repeats_uri, _ = warehouse.put_array(area_repeats)
+                hashes.append(digest)
+                reps.append({
+                    "rep_id": content_key("rep", unit.key, area, row_set["stimset_id"]),
+                    "source_kind": "session", "source_id": unit.key, "source_name": unit.label,
+                    "layer_or_area": area, "layer_index": index, "depth": AREA_DEPTH.get(area),
+                    "stimset_id": row_set["stimset_id"], "n_stimuli": area_repeats.shape[0],
+                    "n_units": area_repeats.shape[2], "array_uri": mean_uri, "spatial_uri": None,
+                    "repeats_uri": repeats_uri, "n_repeats": area_repeats.shape[1], "preprocessing": "{}",
+                    "content_hash": digest, **info.provenance(),
+                })
+        session = {
+            "session_id": unit.key, "name": unit.label, "subject": recorded.subject, "areas": list(recorded.areas),
+            "n_units": len(recorded.unit_areas),
+            "stimsets": [sets[name]["stimset_id"] for name in sorted(recorded.responses)],
+            "n_stimuli": sum(r.shape[0] for r in recorded.responses.values()),
+            "n_repeats": min(r.shape[1] for r in recorded.responses.values()), "synthetic": synthetic,
+            "source_uri": source_uri, "content_hash": stable_hash(hashes), **info.provenance(),
+        }
+        written = {"representations": warehouse.write_part("representations", unit.key, reps)}
+        written[self.table] = warehouse.write_part(self.table, unit.key, [session])
+        return written
+
+
+def _file_hash(path: Path) -> str:
+    try:
+        return bytes_hash(path.read_bytes())
+    except OSError as err:
+        raise SurveyError(f"NWB file {path}: cannot read it ({err.strerror}); fix the path or permissions") from None

@@ -1,0 +1,77 @@
+"""Stage `stimuli`: generate every configured stimulus set, store it, list it in `stimulus_sets`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from survey.catalog import Warehouse
+from survey.config import SurveyConfig
+from survey.errors import SurveyError
+from survey.hashing import bytes_hash, content_key
+from survey.stages import RunInfo, Stage, WorkUnit
+from survey.stimuli import StimulusSpec
+
+
+class StimuliStage(Stage):
+    name = "stimuli"
+    table = "stimulus_sets"
+
+    def settings(self) -> dict[str, Any]:
+        return {"stimuli": [spec.model_dump(mode="json") for spec in self.config.stimuli]}
+
+    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+        return [WorkUnit(stimset_id(spec), f"stimuli {spec.name}", {"spec": spec}) for spec in self.config.stimuli]
+
+    def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
+        spec = unit.payload["spec"]
+        stimuli = spec.generate()
+        digest = stimuli.content_hash()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "stimuli.npz")
+            np.savez(path, images=stimuli.images, labels=stimuli.labels, coords=stimuli.coords)
+            uri = warehouse.put_file(path, digest, ".npz")
+        n, channels, height, width = stimuli.images.shape
+        row = {
+            "stimset_id": unit.key, "name": spec.name, "kind": spec.kind, "n_images": n, "height": height,
+            "width": width, "channels": channels, "params": spec.model_dump_json(), "content_hash": digest,
+            "uri": uri, **info.provenance(),
+        }
+        return {self.table: warehouse.write_part(self.table, unit.key, [row])}
+
+
+def stimset_id(spec: StimulusSpec) -> str:
+    """Content key of a stimulus set: its spec (and, for a user's array file, the file's bytes)."""
+    parts: list[Any] = [spec.model_dump(mode="json"), StimuliStage.version]
+    if spec.kind == "array":
+        try:
+            parts.append(bytes_hash(Path(spec.path).read_bytes()))
+        except OSError as err:
+            raise SurveyError(
+                f"stimulus set {spec.name!r}: cannot read {spec.path} ({err.strerror}); fix `path`"
+            ) from None
+    return content_key("stim", *parts)
+
+
+def stimset_rows(config: SurveyConfig, warehouse: Warehouse, names: tuple[str, ...]) -> dict[str, dict]:
+    """Catalog rows of the named stimulus sets of `config`; they must have been generated already."""
+    ids = {spec.name: stimset_id(spec) for spec in config.stimuli if spec.name in names}
+    rows = {row["stimset_id"]: row for row in warehouse.rows("stimulus_sets")}
+    missing = [name for name in names if ids[name] not in rows]
+    if missing:
+        raise SurveyError(
+            f"stimulus sets {missing} are not in warehouse {warehouse.uri}; run the `stimuli` stage first "
+            "(survey run CONFIG --stages stimuli)"
+        )
+    return {name: rows[ids[name]] for name in names}
+
+
+@lru_cache(maxsize=4)
+def load_images(warehouse_uri: str, uri: str) -> np.ndarray:
+    """The N × 3 × H × W float32 images of a stored stimulus set (cached per process)."""
+    return Warehouse(warehouse_uri).load_npz(uri)["images"]

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny survey config that exercises every stage in seconds."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from survey.config import SurveyConfig, parse_config
+
+TINY = {
+    "name": "tiny",
+    "executor": {"kind": "local"},
+    "stimuli": [
+        {"name": "natural", "kind": "natural", "n": 24, "size": 32, "seed": 3},
+        {"name": "grid", "kind": "tuning_grid", "n_angles": 5, "size": 32, "seed": 3},
+    ],
+    "zoo": {
+        "n_architectures": 2,
+        "objectives": ["supervised", "untrained"],
+        "train": {"steps": 8, "batch_size": 16, "probe_steps": 5, "n_train_per_class": 8, "n_test_per_class": 4},
+    },
+    "sessions": {"synthetic": {"n": 2, "subjects": 2, "units_per_area": 4, "repeats": 2, "stimuli": ["natural"]}},
+    "activations": {"stimuli": ["natural", "grid"], "batch_size": 16},
+}
+
+
+@pytest.fixture
+def tiny_dict() -> dict:
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def tiny_config() -> SurveyConfig:
+    return parse_config(copy.deepcopy(TINY))
+
+
+def survey_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the installed `survey` command line (the entry point users run) in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-c", "from survey.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )
