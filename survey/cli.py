@@ -179,11 +179,12 @@ def submit(
     address: Annotated[str, typer.Option(help="Ray dashboard address of the cluster.")] = "http://127.0.0.1:8265",
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
     wait: Annotated[bool, typer.Option(help="Follow the job's logs until it ends.")] = True,
+    working_dir: Annotated[Path | None, typer.Option(help="Directory uploaded with the job (default: here).")] = None,
 ) -> None:
     """Submit a survey as a Ray job (`jobs/run_survey.py`); needs RAY_AUTH_MODE=token and the cluster's token."""
     from survey.runtime.jobs import submit_survey
 
-    status = submit_survey(config, warehouse, address, follow=wait)
+    status = submit_survey(config, warehouse, address, follow=wait, working_dir=working_dir)
     if status not in ("SUCCEEDED", "PENDING", "RUNNING"):
         raise SurveyError(f"Ray job ended {status}; read its logs with `ray job logs` on {address}")
 

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy.ndimage import affine_transform
+from threadpoolctl import threadpool_limits
 
 from survey.errors import SurveyError
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
@@ -258,7 +259,7 @@ class ObjectManifolds(_Spec):
         """One 3 × side × side half-resolution crop per object; the central size × size is the base view."""
         uses = [list(range(j, self.n_objects, len(self.images))) for j in range(len(self.images))]
         contexts: list[np.ndarray] = [np.empty(0)] * self.n_objects
-        for image_name, objects in zip(self.images, uses):
+        for image_name, objects in zip(self.images, uses, strict=True):
             if not objects:
                 continue
             image = _half_resolution(image_name)
@@ -269,7 +270,7 @@ class ObjectManifolds(_Spec):
             for k, obj in enumerate(objects):
                 ys = rng.integers(0, height - side + 1, 8)
                 xs = rng.integers(int(k * slot), max(int((k + 1) * slot), int(k * slot) + 1), 8)
-                crops = [image[y : y + side, x : x + side] for y, x in zip(ys, xs)]
+                crops = [image[y : y + side, x : x + side] for y, x in zip(ys, xs, strict=True)]
                 inner = slice(self.size // 2, self.size // 2 + self.size)
                 best = max(crops, key=lambda crop: float(crop[inner, inner].std()))
                 contexts[obj] = np.ascontiguousarray(best.transpose(2, 0, 1))
@@ -290,23 +291,28 @@ _PCA_PATCHES = 4000
 def _patch_pca(size: int, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, components, stds) of `_PCA_PATCHES` natural patches (flattened 3 × size × size).
 
-    Top components by a seeded randomized SVD (range finder with power iterations, numpy only): a full
-    SVD of 4000 × 3072 takes ~10 s, this well under 1 s with the same leading subspace.
+    Leading components by a seeded randomized SVD (range finder with power iterations, numpy only): a full
+    SVD of 4000 × 3072 takes ~10 s, this under 1 s for the same leading subspace. BLAS runs single-threaded so
+    the result (and the content hash) does not depend on the thread count and shared cores do not thrash.
     """
     rng = np.random.default_rng(seed)
     per_image, extra = divmod(_PCA_PATCHES, len(BUNDLED_IMAGES))
     patches = np.concatenate([
-        cut_patches(bundled_image(name), per_image + (i < extra), size, rng) for i, name in enumerate(BUNDLED_IMAGES)
-    ]).reshape(_PCA_PATCHES, -1).astype(np.float64)
+        cut_patches(bundled_image(name), per_image + (i < extra), size, rng)
+        for i, name in enumerate(BUNDLED_IMAGES)
+    ]).reshape(_PCA_PATCHES, -1)
     mean = patches.mean(axis=0)
     patches -= mean
-    basis = np.linalg.qr(patches @ rng.standard_normal((patches.shape[1], n_components + 32)))[0]
-    for _ in range(6):
-        basis = np.linalg.qr(patches @ np.linalg.qr(patches.T @ basis)[0])[0]
-    _, singular, components = np.linalg.svd(basis.T @ patches, full_matrices=False)
+    sketch = rng.standard_normal((patches.shape[1], n_components + 32)).astype(np.float32)
+    with threadpool_limits(1, user_api="blas"):
+        basis = np.linalg.qr(patches @ sketch)[0]
+        for _ in range(6):
+            basis = np.linalg.qr(patches @ np.linalg.qr(patches.T @ basis)[0])[0]
+        _, singular, components = np.linalg.svd(basis.T @ patches, full_matrices=False)
     components = components[:n_components]
     signs = np.sign(components[np.arange(n_components), np.abs(components).argmax(axis=1)])
-    return mean, components * signs[:, None], singular[:n_components] / math.sqrt(_PCA_PATCHES - 1)
+    stds = singular[:n_components] / np.float32(math.sqrt(_PCA_PATCHES - 1))
+    return mean, components * signs[:, None], stds
 
 
 class TuningGrid(_Spec):
@@ -328,14 +334,14 @@ class TuningGrid(_Spec):
     @classmethod
     def _check_n_angles(cls, value: int) -> int:
         if value < 3 or value % 2 == 0:
-            raise ValueError(f"n_angles must be odd and >= 3 so the grid has a centre (11 and 21 are usual), got {value}")
+            raise ValueError(f"n_angles must be odd and >= 3 (the grid needs a centre; e.g. 11, 21), got {value}")
         return value
 
     @model_validator(mode="after")
     def _check_components(self) -> TuningGrid:
         limit = min(3 * self.size * self.size, _PCA_PATCHES)
         if self.n_components > limit:
-            raise ValueError(f"n_components {self.n_components} exceeds {limit} (3·size² and {_PCA_PATCHES} patches)")
+            raise ValueError(f"n_components {self.n_components} exceeds {limit} (3·size² or the patch count)")
         return self
 
     def angles(self) -> np.ndarray:
@@ -358,7 +364,8 @@ class TuningGrid(_Spec):
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Images (M × 3 × size × size float32 in [0, 1]) for whitened latent vectors (M × n_components)."""
         mean, components, stds = _patch_pca(self.size, self.n_components, self.seed)
-        pixels = mean + (np.asarray(latents) * stds) @ components
+        with threadpool_limits(1, user_api="blas"):
+            pixels = mean + (np.asarray(latents, dtype=np.float32) * stds) @ components
         return np.clip(pixels, 0.0, 1.0).astype(np.float32).reshape(-1, 3, self.size, self.size)
 
     def generate(self) -> StimulusSet:
@@ -367,8 +374,9 @@ class TuningGrid(_Spec):
 
 
 class ArrayFile(_Spec):
-    """A user's images: `.npy` (N×H×W, N×C×H×W or N×H×W×C, C in {1, 3}) or `.npz` (key `images`, optional
-    integer `labels`; default label = row index). `size` and `seed` are ignored; H and W come from the file."""
+    """A user's images: `.npy` (N×H×W, N×C×H×W or N×H×W×C, C in {1, 3}) or `.npz` (key `images`,
+    optional integer `labels`; default label = row index). `size` and `seed` are ignored: H, W come from
+    the file."""
 
     kind: Literal["array"] = "array"
     path: str = Field(min_length=1)
@@ -377,9 +385,9 @@ class ArrayFile(_Spec):
         where = f"stimulus set {self.name!r}: {self.path}"
         path = Path(self.path)
         if path.suffix not in (".npy", ".npz"):
-            raise SurveyError(f"{where} is not a .npy or .npz file; save the images with numpy.save or numpy.savez")
+            raise SurveyError(f"{where} is not a .npy or .npz file; save the images with numpy.save or savez")
         if not path.is_file():
-            raise SurveyError(f"{where} does not exist; check the path (relative paths start at the working directory)")
+            raise SurveyError(f"{where} does not exist; check the path (relative to the working directory)")
         try:
             loaded = np.load(path, allow_pickle=False)
             if isinstance(loaded, np.lib.npyio.NpzFile):

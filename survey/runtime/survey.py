@@ -47,11 +47,11 @@ def run_survey(
     A stage plans all its units, skips those whose part is already in the catalog, and runs the rest on
     the configured executor. Stages that ran anything append a row to `runs`.
     """
-    warehouse.ensure_writable()
     selected = [name for name in STAGE_ORDER if name in config.stages and (stages is None or name in stages)]
-    info = RunInfo(run_id=uuid.uuid4().hex[:16], threads=config.executor.threads_per_worker)
     for name in selected:
         STAGES[name](config).check()
+    warehouse.ensure_writable()
+    info = RunInfo(run_id=uuid.uuid4().hex[:16], threads=config.executor.threads_per_worker)
     executor = make_executor(config.executor)
     reports = []
     try:

@@ -43,9 +43,11 @@ _KERNEL = 9
 _N_V4 = 48
 _N_IT = 64
 _REFERENCE_SIZE = 32
-_N_REFERENCE = 48
+_N_REFERENCE = 64
 # Per area: (largest distance of the read-out centre from the image centre, read-out Gaussian width),
 # both as fractions of the image width.
+# Percentiles of a neuron's drive on the reference images that set its threshold and its saturation scale.
+_CALIBRATION_PERCENTILES = [30, 90]
 _READOUT = {"V1": (0.06, 0.02), "V4": (0.08, 0.08), "IT": (0.08, 0.3)}
 
 
@@ -113,6 +115,18 @@ def _pink_noise(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return np.repeat(images[:, None], 3, axis=1)
 
 
+def _reference_images(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """Calibration images: full-field 1/f noise, and 1/f-noise discs of random size and place on mid-gray."""
+    images = _pink_noise(rng, n, size)
+    yy, xx = np.mgrid[:size, :size]
+    for image in images[n // 2 :]:
+        radius = rng.uniform(0.2, 0.45) * size
+        cy, cx = rng.uniform(0.3, 0.7, 2) * size
+        disc = np.clip(radius - np.hypot(yy - cy, xx - cx), 0.0, 1.0)
+        image[:] = 0.5 + (image - 0.5) * disc
+    return images
+
+
 class HierarchicalModel:
     """The fixed V1 → V4 → IT model; its random weights depend only on `seed`, never on a session."""
 
@@ -123,7 +137,7 @@ class HierarchicalModel:
         self._v4_weights = _sparse_combinations(rng, _N_V4, n_complex, n_excitatory=4, n_inhibitory=2)
         self._it_weights = _sparse_combinations(rng, _N_IT, _N_V4, n_excitatory=3, n_inhibitory=2)
         self.n_channels = {"V1": 5 * n_complex, "V4": _N_V4, "IT": _N_IT}
-        self._reference = torch.from_numpy(_pink_noise(rng, _N_REFERENCE, _REFERENCE_SIZE))
+        self._reference = torch.from_numpy(_reference_images(rng, _N_REFERENCE, _REFERENCE_SIZE))
         with torch.no_grad():
             v4_drive = F.relu(F.conv2d(self._complex(self._v1_level_maps(self._reference)), self._v4_weights))
         self._v4_sigma = 0.1 * float(v4_drive.mean())
@@ -232,7 +246,7 @@ class HierarchicalModel:
         center = rng.uniform(-offset, offset, (n, 2))
         widths = np.full(n, width)
         reference = self._reference.numpy()
-        low, high = np.percentile(self._drive(reference, area, channel, center, widths), [30, 90], axis=0)
+        low, high = np.percentile(self._drive(reference, area, channel, center, widths), _CALIBRATION_PERCENTILES, axis=0)
         # A channel that the reference images barely drive would give a silent neuron; redraw it.
         for _ in range(20):
             dead = high - low <= 1e-3 * np.median(high - low)
@@ -240,7 +254,7 @@ class HierarchicalModel:
                 break
             channel[dead] = rng.integers(0, self.n_channels[area], int(dead.sum()))
             redrawn = self._drive(reference, area, channel[dead], center[dead], widths[dead])
-            low[dead], high[dead] = np.percentile(redrawn, [30, 90], axis=0)
+            low[dead], high[dead] = np.percentile(redrawn, _CALIBRATION_PERCENTILES, axis=0)
         return NeuronParams(
             area=area, channel=channel, center=center, width=widths, threshold=low,
             scale=np.maximum(high - low, 1e-12), baseline=rng.uniform(2.0, 6.0, n),

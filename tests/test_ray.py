@@ -1,0 +1,94 @@
+"""Ray execution: actors on a local cluster give the same catalog; `ray job submit` to a head we start."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from survey.catalog import Warehouse, connect
+from survey.config import parse_config
+from survey.runtime.survey import run_survey
+
+from .conftest import TINY, survey_cli
+from .test_survey import catalog_fingerprint, table_counts
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ray_executor_equals_local_executor(tmp_path):
+    local, on_ray = Warehouse(tmp_path / "local"), Warehouse(tmp_path / "ray")
+    run_survey(parse_config(TINY), local, progress=False)
+    ray_config = parse_config({**TINY, "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}})
+    reports = run_survey(ray_config, on_ray, progress=False)
+    assert all(report.units_run == report.units_total for report in reports)
+    assert catalog_fingerprint(on_ray) == catalog_fingerprint(local)
+    assert connect(on_ray).execute("SELECT DISTINCT executor FROM runs").fetchall() == [("ray",)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "the Ray head exited while starting"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray dashboard did not open port {port}")
+
+
+def test_ray_job_submit_to_our_own_head(tmp_path):
+    """Start a token-authenticated Ray head on 127.0.0.1, submit the survey as a job, check the catalog by SQL,
+    and stop that head by its own PID (never `ray stop`, which would stop every cluster on the machine)."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])  # the job's `python`
+    env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    ray = shutil.which("ray", path=path)
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
+         "--disable-usage-stats", "--include-dashboard=true"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        _wait_for_dashboard(dashboard_port, head)
+        work = tmp_path / "work"
+        shutil.copytree(REPO / "jobs", work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+        config = {**TINY, "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}}
+        (work / "survey.yaml").write_text(yaml.safe_dump(config))
+        warehouse = tmp_path / "wh"
+        result = subprocess.run(
+            [sys.executable, "-c", "from survey.cli import main; main()", "submit", "survey.yaml",
+             "--address", f"http://127.0.0.1:{dashboard_port}", "-w", str(warehouse), "--working-dir", str(work)],
+            env=env, capture_output=True, text=True, timeout=600, cwd=work,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        sql = survey_cli("sql", "SELECT source_kind, count(*) AS n FROM representations GROUP BY 1 ORDER BY 1",
+                         "-w", str(warehouse), "--format", "csv")
+        assert sql.returncode == 0, sql.stderr
+        rows = dict(line.split(",") for line in sql.stdout.strip().splitlines()[1:])
+        assert set(rows) == {'"network"', '"session"'} and int(rows['"session"']) == 6
+        assert table_counts(Warehouse(warehouse))["networks"] == 4
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()

@@ -1,0 +1,116 @@
+"""A whole (tiny) survey: row counts, stored arrays, resume without duplicates, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from survey.activations import extract
+from survey.catalog import TABLES, Warehouse, connect
+from survey.runtime.survey import run_survey
+from survey.stages.networks import load_network
+from survey.stages.stimuli import load_images
+
+from .conftest import survey_cli
+
+
+def _count(warehouse: Warehouse, query: str) -> list[tuple]:
+    return connect(warehouse).execute(query).fetchall()
+
+
+def table_counts(warehouse: Warehouse) -> dict[str, int]:
+    return {table: _count(warehouse, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
+
+
+def catalog_fingerprint(warehouse: Warehouse) -> dict[str, list]:
+    """Everything that must not depend on when or how often the survey ran: ids and content hashes."""
+    queries = {
+        "stimulus_sets": "SELECT stimset_id, content_hash FROM stimulus_sets",
+        "networks": "SELECT network_id, content_hash, test_accuracy FROM networks",
+        "sessions": "SELECT session_id, content_hash FROM sessions",
+        "representations": "SELECT rep_id, content_hash, n_stimuli, n_units FROM representations",
+    }
+    return {table: sorted(_count(warehouse, query)) for table, query in queries.items()}
+
+
+def test_tiny_survey_fills_every_table_and_resumes_without_duplicates(tmp_path, tiny_config):
+    warehouse = Warehouse(tmp_path / "wh")
+    first = run_survey(tiny_config, warehouse, progress=False)
+    assert [r.units_run for r in first] == [r.units_total for r in first]
+    counts = table_counts(warehouse)
+    layers = _count(warehouse, "SELECT sum(len(layers)) FROM networks")[0][0]
+    assert counts["stimulus_sets"] == 2
+    assert counts["networks"] == 4
+    assert counts["sessions"] == 2
+    # every network layer × 2 stimulus sets, plus 2 sessions × 3 areas × 1 stimulus set
+    assert counts["representations"] == 2 * layers + 2 * 3
+    assert counts["runs"] == 4
+    by_kind = dict(_count(warehouse, "SELECT source_kind, count(*) FROM representations GROUP BY 1"))
+    assert by_kind == {"network": 2 * layers, "session": 6}
+
+    second = run_survey(tiny_config, warehouse, progress=False)
+    assert [r.units_run for r in second] == [0, 0, 0, 0]
+    assert table_counts(warehouse) == counts  # not even a `runs` row
+
+
+def test_stored_arrays_match_a_direct_extraction(tmp_path, tiny_config):
+    warehouse = Warehouse(tmp_path / "wh")
+    run_survey(tiny_config, warehouse, progress=False)
+    rows = warehouse.rows("representations")
+    networks = {row["network_id"]: row for row in warehouse.rows("networks")}
+    stimsets = {row["stimset_id"]: row for row in warehouse.rows("stimulus_sets")}
+    for rep in rows:
+        array = warehouse.load_array(rep["array_uri"])
+        assert array.shape == (rep["n_stimuli"], rep["n_units"]) and array.dtype == np.float32
+        assert np.isfinite(array).all()
+        if rep["source_kind"] == "session":
+            repeats = warehouse.load_array(rep["repeats_uri"])
+            assert repeats.shape == (rep["n_stimuli"], rep["n_repeats"], rep["n_units"])
+            np.testing.assert_allclose(repeats.mean(axis=1), array, rtol=1e-6)
+            assert rep["depth"] in (0.0, 0.5, 1.0)
+    network_rep = next(r for r in rows if r["source_kind"] == "network" and r["spatial_uri"])
+    network = networks[network_rep["source_id"]]
+    module, preprocessing = load_network(network, warehouse)
+    images = load_images(warehouse.uri, stimsets[network_rep["stimset_id"]]["uri"])
+    direct = extract(module, images, [network_rep["layer_or_area"]], **preprocessing)[network_rep["layer_or_area"]]
+    np.testing.assert_array_equal(warehouse.load_array(network_rep["array_uri"]), direct.flat)
+    np.testing.assert_array_equal(warehouse.load_array(network_rep["spatial_uri"]), direct.spatial)
+    assert json.loads(network_rep["preprocessing"])["spatial_pool"] == 4
+
+
+def _survey_process(config: Path, warehouse: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from survey.cli import main; main()", "run", str(config), "-w", str(warehouse)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_dict):
+    tiny_dict["zoo"]["train"]["steps"] = 30  # long enough to be killed inside the networks stage
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_dict))
+    killed = tmp_path / "killed"
+    process = _survey_process(config, killed)
+    deadline = time.monotonic() + 300
+    while not list((killed / "networks").glob("part-*.parquet")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(list((killed / "networks").glob("part-*.parquet"))) < 4, "the run finished before it was killed"
+    assert not (killed / "representations").exists()
+    table_counts(Warehouse(killed))  # the interrupted catalog is queryable as it stands
+
+    assert survey_cli("run", str(config), "-w", str(killed)).returncode == 0
+    clean = tmp_path / "clean"
+    assert survey_cli("run", str(config), "-w", str(clean)).returncode == 0
+    assert catalog_fingerprint(Warehouse(killed)) == catalog_fingerprint(Warehouse(clean))
+    assert table_counts(Warehouse(killed)) == table_counts(Warehouse(clean))
