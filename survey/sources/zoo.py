@@ -25,10 +25,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.nn import functional as nnf
 
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
 
@@ -64,7 +64,7 @@ def _reachable(matrix: np.ndarray, start: int, forward: bool) -> set[int]:
 def prune_cell(
     matrix: np.ndarray, ops: tuple[str, ...]
 ) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...]] | None:
-    """Drop intermediate nodes not on an input→output path (as NAS-Bench-101 does); None if output is cut off."""
+    """Drop nodes off every input→output path (as NAS-Bench-101 does); None if the output is cut off."""
     matrix = np.asarray(matrix, dtype=np.int64)
     n = len(matrix)
     on_path = _reachable(matrix, 0, True) & _reachable(matrix, n - 1, False)
@@ -100,12 +100,12 @@ class CellSpec(BaseModel):
         if np.tril(matrix).any():
             raise ValueError("matrix must be strictly upper triangular (a DAG in topological order)")
         if len(self.ops) != n - 2:
-            raise ValueError(f"ops has {len(self.ops)} entries; the {n}-node matrix has {n - 2} intermediate nodes")
+            raise ValueError(f"ops has {len(self.ops)} entries; a {n}-node matrix needs {n - 2}")
         bad = [op for op in self.ops if op not in OPS]
         if bad:
             raise ValueError(f"unknown op {bad[0]!r}; choose from {', '.join(OPS)}")
         if prune_cell(matrix, self.ops) != (self.matrix, self.ops):
-            raise ValueError("every intermediate node must lie on a path from input to output (prune_cell fixes it)")
+            raise ValueError("every intermediate node must lie on an input→output path (prune_cell fixes it)")
         return self
 
 
@@ -215,7 +215,8 @@ class CellNet(nn.Module):
     @property
     def layer_names(self) -> tuple[str, ...]:
         """Representation layers, input to output: stem, every cell, pool."""
-        cells = [f"stack{i}.cell{j}" for i in range(self.spec.stacks) for j in range(self.spec.cells_per_stack)]
+        spec = self.spec
+        cells = [f"stack{i}.cell{j}" for i in range(spec.stacks) for j in range(spec.cells_per_stack)]
         return ("stem", *cells, "pool")
 
     def features(self, x: Tensor) -> Tensor:
@@ -284,7 +285,8 @@ def builtin_task(
     are spatially disjoint. Images are raw RGB in [0, 1]: `train` stores the train split's per-channel mean
     and std in the net's own ``norm`` layer, which applies them in training, evaluation and later extraction.
     """
-    return tuple(torch.from_numpy(a.copy()) for a in _task_arrays(size, n_train_per_class, n_test_per_class, seed))
+    arrays = _task_arrays(size, n_train_per_class, n_test_per_class, seed)
+    return tuple(torch.from_numpy(a.copy()) for a in arrays)
 
 
 # -------------------------------------------------------------------------------------------------- training
@@ -310,7 +312,7 @@ class TrainConfig(BaseModel):
 def _shift_flip(x: Tensor, gen: torch.Generator, pad: int = 4) -> Tensor:
     """Random translation by up to `pad` pixels (reflect padding, then crop) and random horizontal flip."""
     b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    padded = nnf.pad(x, (pad, pad, pad, pad), mode="reflect")
     oy = torch.randint(0, 2 * pad + 1, (b, 1), generator=gen)
     ox = torch.randint(0, 2 * pad + 1, (b, 1), generator=gen)
     rows = (oy + torch.arange(h))[:, :, None]
@@ -334,11 +336,11 @@ def _simclr_view(x: Tensor, gen: torch.Generator) -> Tensor:
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """SimCLR's normalised-temperature cross-entropy over 2B views (Chen et al. 2020)."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    z = nnf.normalize(torch.cat([z1, z2]), dim=1)
     n = z1.shape[0]
     logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), -math.inf)
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-    return F.cross_entropy(logits, targets)
+    return nnf.cross_entropy(logits, targets)
 
 
 def _channels_last(x: Tensor) -> Tensor:
@@ -366,7 +368,7 @@ def _fit_probe(net: CellNet, x: Tensor, y: Tensor, config: TrainConfig) -> None:
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(z @ w.T + b, y) + config.probe_weight_decay * w.square().sum()
+        loss = nnf.cross_entropy(z @ w.T + b, y) + config.probe_weight_decay * w.square().sum()
         loss.backward()
         return loss
 
@@ -376,7 +378,9 @@ def _fit_probe(net: CellNet, x: Tensor, y: Tensor, config: TrainConfig) -> None:
         net.head.bias.copy_(b - (w / sigma) @ mu)
 
 
-def _optimise(net: CellNet, objective: str, config: TrainConfig, x: Tensor, y: Tensor, gen: torch.Generator) -> None:
+def _optimise(
+    net: CellNet, objective: str, config: TrainConfig, x: Tensor, y: Tensor, gen: torch.Generator
+) -> None:
     """AdamW with a one-cycle schedule: cross-entropy on shifted/flipped patches, or NT-Xent on two views."""
     params = list(net.parameters())
     if objective == "contrastive":
@@ -388,7 +392,7 @@ def _optimise(net: CellNet, objective: str, config: TrainConfig, x: Tensor, y: T
     for _ in range(config.steps):
         idx = torch.randint(0, len(x), (config.batch_size,), generator=gen)
         if objective == "supervised":
-            loss = F.cross_entropy(net(_channels_last(_shift_flip(x[idx], gen))), y[idx])
+            loss = nnf.cross_entropy(net(_channels_last(_shift_flip(x[idx], gen))), y[idx])
         else:
             views = torch.cat([_simclr_view(x[idx], gen), _simclr_view(x[idx], gen)])
             z = projector(net.features(_channels_last(views)))
@@ -426,8 +430,10 @@ def train(net: CellNet, objective: str, config: TrainConfig | None = None, seed:
             net.eval()
             if objective != "supervised":
                 _fit_probe(net, x_train, y_train, config)
-            accuracy = {"train_accuracy": _accuracy(net, x_train, y_train),
-                        "test_accuracy": _accuracy(net, x_test, y_test)}
+            accuracy = {
+                "train_accuracy": _accuracy(net, x_train, y_train),
+                "test_accuracy": _accuracy(net, x_test, y_test),
+            }
     finally:
         net.to(memory_format=torch.contiguous_format)
     return {**accuracy, "seconds": time.perf_counter() - start}
@@ -437,7 +443,7 @@ def train(net: CellNet, objective: str, config: TrainConfig | None = None, seed:
 
 
 def save_weights(net: nn.Module, path: str | os.PathLike[str]) -> str:
-    """Write the state dict as safetensors atomically (temp file + os.replace); sha256 hex of the file bytes."""
+    """Write the state dict as safetensors atomically (temp file, os.replace); sha256 hex of the file."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
