@@ -36,7 +36,7 @@ def bare_loop(model: torch.nn.Module, images: np.ndarray, batch_size: int, devic
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int) -> float:  # noqa: ANN001
+def timed(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

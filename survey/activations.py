@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ class LayerActivations:
     spatial: np.ndarray | None
 
 
-class _EnoughLayers(Exception):
+class _EnoughLayers(Exception):  # noqa: N818 - control flow, not an error
     """Raised by the last hook of a batch: the layers after it need not run."""
 
 
@@ -75,7 +76,7 @@ def extract(
     model = model.eval().to(device)
     captured: dict[str, torch.Tensor] = {}
 
-    def hook_for(name: str):  # noqa: ANN202
+    def hook_for(name: str):
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
             captured[name] = output[0] if isinstance(output, (tuple, list)) else output
             if len(captured) == len(layers):
@@ -93,10 +94,8 @@ def extract(
                 batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
                 batch = preprocess(batch.to(device, non_blocking=True), input_size, mean, std)
                 captured.clear()
-                try:
+                with contextlib.suppress(_EnoughLayers):
                     model(batch)
-                except _EnoughLayers:
-                    pass
                 stop = start + len(batch)
                 for name in layers:
                     output = captured[name].float()

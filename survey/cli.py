@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,12 +32,12 @@ WarehouseOption = Annotated[str, typer.Option(
 )]
 
 
-class ExecutorKind(str, Enum):
+class ExecutorKind(StrEnum):
     local = "local"
     ray = "ray"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -109,7 +109,7 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
 def sql(
     query: Annotated[str, typer.Argument(help="DuckDB SQL over the catalog views (one per table).")],
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,  # noqa: A002
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (parquet: required).")] = None,
 ) -> None:
     """Query the catalogs with DuckDB (in memory, read-only over the Parquet files)."""
@@ -139,6 +139,29 @@ def sql(
         output.write_text(text) if output else print(text)
     else:
         _print_table(data.column_names, data.to_pylist())
+
+
+@app.command()
+def layers(
+    network: Annotated[str, typer.Argument(help="A network's name in the catalog, or a --kind TARGET.")],
+    kind: Annotated[str | None, typer.Option(help="torchvision, timm or callable: build TARGET instead.")] = None,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+) -> None:
+    """List the hookable layer names of a network (what `layers:` in a config may name)."""
+    from survey.sources.external import build_external, layer_names
+
+    if kind:
+        module = build_external(kind, network)
+    else:
+        from survey.stages.networks import load_network
+
+        store = Warehouse(warehouse)
+        rows = [row for row in store.rows("networks") if row["name"] == network]
+        if not rows:
+            raise SurveyError(f"no network named {network!r} in {store.uri}; list them with "
+                              "`survey sql \"SELECT name FROM networks\"` or pass --kind")
+        module = load_network(rows[0], store)[0]
+    print("\n".join(layer_names(module)))
 
 
 @zoo_app.command("build")
@@ -189,9 +212,9 @@ def submit(
         raise SurveyError(f"Ray job ended {status}; read its logs with `ray job logs` on {address}")
 
 
-def _print_query(connection, title: str, query: str) -> None:  # noqa: ANN001
+def _print_query(connection, title: str, query: str) -> None:
     result = connection.sql(query)
-    _print_table(result.columns, [dict(zip(result.columns, row)) for row in result.fetchall()], title)
+    _print_table(result.columns, [dict(zip(result.columns, row, strict=True)) for row in result.fetchall()], title)
 
 
 def _print_table(columns: list[str], rows: list[dict], title: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -24,7 +24,7 @@ def _as_rgb_float(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-@lru_cache(maxsize=None)
+@cache
 def bundled_image(name: str) -> np.ndarray:
     """One bundled image as H × W × 3 float32 in [0, 1] (grayscale images are replicated to RGB)."""
     if name in SKIMAGE_IMAGES:
@@ -56,5 +56,5 @@ def cut_patches(
         raise ValueError(f"image of {height}×{width} too small for {size}-pixel patches in columns {x_range}")
     ys = rng.integers(0, height - size + 1, n)
     xs = rng.integers(x_lo, x_hi + 1, n)
-    patches = np.stack([image[y : y + size, x : x + size] for y, x in zip(ys, xs)])
+    patches = np.stack([image[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
     return np.ascontiguousarray(patches.transpose(0, 3, 1, 2))

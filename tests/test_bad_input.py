@@ -88,8 +88,8 @@ def test_stimulus_set_with_nans(tmp_path, stimuli_warehouse):
     images = np.random.default_rng(0).random((8, 3, 16, 16)).astype(np.float32)
     images[3, 1, 2, 2] = np.nan
     np.save(tmp_path / "stimuli.npy", images)
-    config = {**TINY, "stimuli": [*TINY["stimuli"], {"name": "mine", "kind": "array", "path": str(tmp_path / "stimuli.npy")}],
-              "stages": ["stimuli"]}
+    mine = {"name": "mine", "kind": "array", "path": str(tmp_path / "stimuli.npy")}
+    config = {**TINY, "stimuli": [*TINY["stimuli"], mine], "stages": ["stimuli"]}
     message = fails_cleanly(config, stimuli_warehouse, tmp_path, "stimuli.npy", "mine")
     assert "NaN" in message
 

@@ -160,7 +160,7 @@ class Warehouse:
     def _path(self, uri: str) -> str:
         return uri[len(self._prefix):] if self._prefix and uri.startswith(self._prefix) else uri
 
-    def _stage_and_move(self, final: str, write) -> None:  # noqa: ANN001 - a callable taking the stream
+    def _stage_and_move(self, final: str, write) -> None:
         folder, name = final.rsplit("/", 1)
         self.fs.create_dir(folder, recursive=True)
         staged = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"

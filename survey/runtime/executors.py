@@ -71,7 +71,7 @@ class RayExecutor:
             else:
                 total = self.config.num_workers * self.config.num_cpus_per_worker
                 ray.init(
-                    address="local", num_cpus=max(1, int(round(total))), include_dashboard=False,
+                    address="local", num_cpus=max(1, round(total)), include_dashboard=False,
                     logging_level="WARNING", dashboard_host="127.0.0.1",
                 )
                 self._started_cluster = True

@@ -15,7 +15,6 @@ from torch import nn
 
 from survey.catalog import Warehouse
 from survey.config import ExternalNetwork
-from survey.errors import SurveyError
 from survey.hashing import bytes_hash, content_key
 from survey.sources.checkpoints import load_into
 from survey.sources.external import build_external, check_layers
@@ -48,8 +47,9 @@ class NetworksStage(Stage):
             layers = _zoo_layers(spec, zoo.layers, f"zoo{index:03d}")
             seed = zoo.seed * 100_003 + index
             for objective in zoo.objectives:
-                training = None if objective == "untrained" else zoo.train.model_dump(mode="json")
-                key = content_key("net", spec.model_dump(mode="json"), objective, training, seed, self.version)
+                # untrained nets depend on the training config too: their linear probe is fitted on the task
+                key = content_key("net", spec.model_dump(mode="json"), objective, zoo.train.model_dump(mode="json"),
+                                  seed, self.version)
                 payload = {"spec": spec, "objective": objective, "seed": seed, "layers": layers}
                 units.append(WorkUnit(key, f"zoo{index:03d}-{objective}", payload))
         return units

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from survey.catalog import Warehouse
-from survey.config import NWBSession, SurveyConfig
+from survey.config import NWBSession
 from survey.errors import SurveyError
 from survey.hashing import bytes_hash, content_key, stable_hash
 from survey.sources.nwb import RecordedSession, read_session
