@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from survey.cli import DEFAULT_WAREHOUSE, ExecutorKind, _with_executor, execute
+from survey.cli import DEFAULT_WAREHOUSE, ExecutorKind, execute, exit_on_user_error, with_executor
 from survey.config import load_config
 
 
@@ -20,8 +20,8 @@ def main(
     warehouse: Annotated[str, typer.Option(help="Warehouse root reachable from every node.")] = DEFAULT_WAREHOUSE,
 ) -> None:
     """Run every stage of `config` on Ray actors of the job's cluster."""
-    execute(_with_executor(load_config(config), ExecutorKind.ray), warehouse)
+    execute(with_executor(load_config(config), ExecutorKind.ray), warehouse)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    exit_on_user_error(lambda: typer.run(main))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -47,7 +48,7 @@ class OutputFormat(StrEnum):
 ExecutorOption = Annotated[ExecutorKind | None, typer.Option(help="Override the config's executor.")]
 
 
-def _with_executor(config: SurveyConfig, executor: ExecutorKind | None) -> SurveyConfig:
+def with_executor(config: SurveyConfig, executor: ExecutorKind | None) -> SurveyConfig:
     if executor is None:
         return config
     return config.model_copy(update={"executor": config.executor.model_copy(update={"kind": executor.value})})
@@ -79,13 +80,13 @@ def run(
     unknown = sorted(set(chosen or ()) - set(STAGE_ORDER))
     if unknown:
         raise SurveyError(f"--stages: unknown stages {unknown}; choose from {', '.join(STAGE_ORDER)}")
-    execute(_with_executor(load_config(config), executor), warehouse, chosen)
+    execute(with_executor(load_config(config), executor), warehouse, chosen)
 
 
 @app.command()
 def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOption = None) -> None:
     """The whole survey on the embedded default config, then a summary and where to look next."""
-    execute(_with_executor(load_config(DEMO_CONFIG), executor), warehouse)
+    execute(with_executor(load_config(DEMO_CONFIG), executor), warehouse)
     connection = connect(Warehouse(warehouse))
     _print_query(connection, "rows per table", " UNION ALL ".join(
         f"SELECT '{table}' AS table_name, count(*) AS rows FROM {table}" for table in TABLES))
@@ -101,7 +102,8 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
         f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"
         f"  survey sql -w {warehouse} \"SELECT name, objective, test_accuracy FROM networks ORDER BY 3 DESC LIMIT 5\"\n"
         f"  survey sql -w {warehouse} --format csv \"SELECT * FROM sessions\"\n"
-        "Tables and columns: catalogs/README.md. Run your own survey: survey run jobs/configs/small.yaml"
+        "Tables and columns: catalogs/README.md. Run your own survey: survey run jobs/configs/small.yaml",
+        soft_wrap=True,
     )
 
 
@@ -175,7 +177,7 @@ def zoo_build(
     """Sample, train and register zoo networks (weights as safetensors in the warehouse)."""
     zoo = {"n_architectures": n, "seed": seed, "train": {"steps": steps}}
     config = SurveyConfig.model_validate({"name": "zoo", "zoo": zoo, "stages": ["networks"]})
-    execute(_with_executor(config, executor), warehouse)
+    execute(with_executor(config, executor), warehouse)
 
 
 @sessions_app.command("synth")
@@ -193,7 +195,7 @@ def sessions_synth(
         "name": "sessions", "stimuli": demo_config["stimuli"], "sessions": {"synthetic": synthetic},
         "stages": ["stimuli", "sessions"],
     })
-    execute(_with_executor(config, executor), warehouse)
+    execute(with_executor(config, executor), warehouse)
 
 
 @app.command()
@@ -224,10 +226,15 @@ def _print_table(columns: list[str], rows: list[dict], title: str | None = None)
     console.print(table)
 
 
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
+def exit_on_user_error(command: Callable[[], None]) -> None:
+    """Run `command`; a SurveyError becomes one line on stderr and exit status 2."""
     try:
-        app()
+        command()
     except SurveyError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """The `survey` entry point."""
+    exit_on_user_error(app)
