@@ -1,6 +1,7 @@
 """Activation extraction throughput vs a bare torch forward loop over the same model and batches.
 
     python benchmarks/activation_throughput.py [--device cpu|cuda] [--n 2048] [--batch-size 256]
+        [--model zoo | --model torchvision:resnet18 --size 112]
 
 Prints JSON: images/s of the bare loop (baseline, measured in the same run) and of `survey.activations.extract`
 hooking every representation layer (with and without full conv maps kept), and the overhead ratios.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from survey.activations import extract, preprocess, resolve_device
+from survey.sources.external import build_external
 from survey.sources.zoo import CellSpec, build_network
 from survey.stimuli import NaturalPatches
 
@@ -52,11 +54,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="zoo", help="zoo, or torchvision:NAME (hooks its residual stages)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     images = NaturalPatches(name="bench", n=args.n, size=args.size).generate().images
-    model = build_network(SPEC).eval().to(device)
-    layers = list(model.layer_names)
+    if args.model == "zoo":
+        model = build_network(SPEC)
+        layers = list(model.layer_names)
+    else:
+        kind, name = args.model.split(":")
+        model = build_external(kind, name)
+        layers = ["layer1", "layer2", "layer3", "layer4", "avgpool"]
+    model = model.eval().to(device)
 
     def ours(keep_spatial: bool) -> None:
         extract(model, images, layers, batch_size=args.batch_size, device=device, keep_spatial=keep_spatial)
@@ -71,7 +80,7 @@ def main() -> None:
             seconds[name].append(timed(fn, 1))
     median = {name: statistics.median(values) for name, values in seconds.items()}
     result = {
-        "device": str(device), "torch_threads": torch.get_num_threads(), "n_images": args.n,
+        "model": args.model, "device": str(device), "torch_threads": torch.get_num_threads(), "n_images": args.n,
         "batch_size": args.batch_size, "image_size": args.size, "layers": len(layers),
         "bare_images_per_s": args.n / median["bare"],
         "extract_pooled_images_per_s": args.n / median["pooled"],
