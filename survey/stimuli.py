@@ -165,7 +165,7 @@ class Gratings(_Spec):
     Rows are orientation-major, then frequency, then phase; label = orientation index;
     coords = (orientation_deg, cycles_per_image, phase_rad). Orientation is the direction of the
     luminance modulation (wave vector), counter-clockwise from the horizontal axis as displayed, so 0° gives
-    vertical bars; phase 0 puts a bright bar through the image centre.
+    vertical bars; phase 0 puts a bright bar through the image centre. `seed` is unused (nothing is random).
     """
 
     kind: Literal["gratings"] = "gratings"
@@ -334,7 +334,7 @@ class TuningGrid(_Spec):
     @classmethod
     def _check_n_angles(cls, value: int) -> int:
         if value < 3 or value % 2 == 0:
-            raise ValueError(f"n_angles must be odd and >= 3 (the grid needs a centre; e.g. 11, 21), got {value}")
+            raise ValueError(f"n_angles must be odd and >= 3 so the grid has a centre, e.g. 21; got {value}")
         return value
 
     @model_validator(mode="after")
