@@ -15,6 +15,7 @@ import yaml
 
 from survey.activations import extract
 from survey.catalog import TABLES, Warehouse, connect
+from survey.config import parse_config
 from survey.runtime.survey import run_survey
 from survey.stages.networks import load_network
 from survey.stages.stimuli import load_images
@@ -114,3 +115,38 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny
     assert survey_cli("run", str(config), "-w", str(clean)).returncode == 0
     assert catalog_fingerprint(Warehouse(killed)) == catalog_fingerprint(Warehouse(clean))
     assert table_counts(Warehouse(killed)) == table_counts(Warehouse(clean))
+
+
+def test_user_network_with_local_weights_is_surveyed(tmp_path, tiny_dict):
+    import torch
+    from safetensors.torch import save_file
+
+    from .nets import small_cnn
+
+    torch.manual_seed(7)
+    trained = small_cnn()
+    save_file(trained.state_dict(), tmp_path / "mine.safetensors")
+    tiny_dict.update(zoo=None, sessions=None, networks=[
+        {"name": "mine", "kind": "callable", "target": "tests.nets:small_cnn",
+         "weights": str(tmp_path / "mine.safetensors"), "layers": ["1", "4"]},
+        {"name": "random", "kind": "callable", "target": "tests.nets:small_cnn", "layers": ["4"], "seed": 3},
+    ])
+    warehouse = Warehouse(tmp_path / "wh")
+    run_survey(parse_config(tiny_dict), warehouse, progress=False)
+    reps = {(r["source_name"], r["layer_or_area"], r["stimset_id"]): r for r in warehouse.rows("representations")}
+    assert len(reps) == 3 * 2  # (mine: 2 layers, random: 1 layer) × 2 stimulus sets
+    natural = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
+    images = torch.from_numpy(load_images(warehouse.uri, natural["uri"]))
+    with torch.no_grad():
+        conv = trained[1](trained[0](images))
+        logits = trained(images)
+    conv_rep = reps[("mine", "1", natural["stimset_id"])]
+    np.testing.assert_allclose(warehouse.load_array(conv_rep["spatial_uri"]), conv.numpy(), rtol=1e-5, atol=1e-6)
+    assert conv_rep["n_units"] == 4 * 4 * 4  # 4 channels pooled to 4 × 4 positions
+    head = reps[("mine", "4", natural["stimset_id"])]
+    np.testing.assert_allclose(warehouse.load_array(head["array_uri"]), logits.numpy(), rtol=1e-5, atol=1e-6)
+    assert head["spatial_uri"] is None
+
+    again = Warehouse(tmp_path / "again")
+    run_survey(parse_config(tiny_dict), again, progress=False)
+    assert catalog_fingerprint(again) == catalog_fingerprint(warehouse)  # seeded random init is reproducible

@@ -122,5 +122,7 @@ def _zoo_layers(spec: CellSpec, wanted: str | tuple[str, ...], name: str) -> tup
 
 
 def _build_external(network: ExternalNetwork, weights: str | None) -> nn.Module:
-    torch.manual_seed(network.seed)
-    return build_external(network.kind, network.target, dict(network.kwargs), weights)
+    """Build a user network; without weights its random init comes from `network.seed` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(network.seed)
+        return build_external(network.kind, network.target, dict(network.kwargs), weights)
