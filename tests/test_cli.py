@@ -50,3 +50,15 @@ def test_sql_errors_are_one_line(warehouse):
 def test_layers_of_a_user_network():
     result = survey_cli("layers", "tests.nets:small_cnn", "--kind", "callable")
     assert result.stdout.split() == ["0", "1", "2", "3", "4"]
+
+
+def test_zoo_build_and_sessions_synth_commands(tmp_path):
+    warehouse = str(tmp_path / "wh")
+    zoo = survey_cli("zoo", "build", "--n", "1", "--steps", "4", "-w", warehouse)
+    assert zoo.returncode == 0, zoo.stderr
+    synth = survey_cli("sessions", "synth", "--n", "1", "-w", warehouse)
+    assert synth.returncode == 0, synth.stderr
+    counts = survey_cli("sql", "SELECT (SELECT count(*) FROM networks) || ',' || (SELECT count(*) FROM sessions) "
+                        "|| ',' || (SELECT count(DISTINCT layer_or_area) FROM representations)",
+                        "-w", warehouse, "--format", "json")
+    assert list(json.loads(counts.stdout)[0].values()) == ["3,1,3"]  # 1 architecture × 3 objectives; V1, V4, IT

@@ -31,7 +31,12 @@ _COPY_CHUNK = 1 << 22
 
 
 class Warehouse:
-    """Root of the catalogs: ``<root>/<table>/part-<key>.parquet`` and ``<root>/arrays/<hash>.<ext>``."""
+    """Root of the catalogs: ``<root>/<table>/part-<key>.parquet`` and ``<root>/arrays/<hash>.<ext>``.
+
+    `uri` reopens the same warehouse in another process (an object-store URI keeps its query options, such
+    as ``?endpoint_override=…``); array and file URIs in the tables are ``<scheme>://<path>`` (a plain
+    absolute path for local warehouses) and are read through the warehouse's filesystem.
+    """
 
     def __init__(self, uri: str | os.PathLike) -> None:
         uri = str(uri)
@@ -47,7 +52,7 @@ class Warehouse:
         else:
             self.fs, self.root, self._prefix = pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute()), ""
         self.root = self.root.rstrip("/")
-        self.uri = self._prefix + self.root
+        self.uri = uri if self._prefix else self.root
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.File:
             raise SurveyError(f"warehouse {uri!r} is a file, not a directory; pass --warehouse a directory path or URI")
