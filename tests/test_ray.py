@@ -72,19 +72,24 @@ def test_ray_job_submit_to_our_own_head(tmp_path):
         shutil.copytree(REPO / "jobs", work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
         config = {**TINY, "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}}
         (work / "survey.yaml").write_text(yaml.safe_dump(config))
-        warehouse = tmp_path / "wh"
-        result = subprocess.run(
-            [sys.executable, "-c", "from survey.cli import main; main()", "submit", "survey.yaml",
-             "--address", f"http://127.0.0.1:{dashboard_port}", "-w", str(warehouse), "--working-dir", str(work)],
-            env=env, capture_output=True, text=True, timeout=600, cwd=work,
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        sql = survey_cli("sql", "SELECT source_kind, count(*) AS n FROM representations GROUP BY 1 ORDER BY 1",
-                         "-w", str(warehouse), "--format", "csv")
-        assert sql.returncode == 0, sql.stderr
-        rows = dict(line.split(",") for line in sql.stdout.strip().splitlines()[1:])
-        assert set(rows) == {'"network"', '"session"'} and int(rows['"session"']) == 6
-        assert table_counts(Warehouse(warehouse))["networks"] == 4
+        address = f"http://127.0.0.1:{dashboard_port}"
+        submissions = {
+            "ray": [ray, "job", "submit", "--address", address, "--working-dir", str(work), "--",
+                    "python", "-m", "jobs.run_survey", "--config", "survey.yaml", "--warehouse", str(tmp_path / "ray")],
+            "survey": [sys.executable, "-c", "from survey.cli import main; main()", "submit", "survey.yaml",
+                       "--address", address, "-w", str(tmp_path / "survey"), "--working-dir", str(work)],
+        }
+        for name, command in submissions.items():
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=work)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            warehouse = tmp_path / name
+            sql = survey_cli("sql", "SELECT source_kind, count(*) AS n FROM representations GROUP BY 1 ORDER BY 1",
+                             "-w", str(warehouse), "--format", "csv")
+            assert sql.returncode == 0, sql.stderr
+            rows = dict(line.split(",") for line in sql.stdout.strip().splitlines()[1:])
+            assert set(rows) == {'"network"', '"session"'} and int(rows['"session"']) == 6
+            assert table_counts(Warehouse(warehouse))["networks"] == 4
+        assert catalog_fingerprint(Warehouse(tmp_path / "ray")) == catalog_fingerprint(Warehouse(tmp_path / "survey"))
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
