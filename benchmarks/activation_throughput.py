@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,13 +39,10 @@ def bare_loop(model: torch.nn.Module, images: np.ndarray, batch_size: int, devic
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -70,14 +68,14 @@ def main() -> None:
     def ours(keep_spatial: bool) -> None:
         extract(model, images, layers, batch_size=args.batch_size, device=device, keep_spatial=keep_spatial)
 
-    timed(lambda: bare_loop(model, images, args.batch_size, device), 1)  # warm-up (allocator, cuDNN autotune)
-    timed(lambda: ours(True), 1)
+    timed(lambda: bare_loop(model, images, args.batch_size, device))  # warm-up (allocator, cuDNN autotune)
+    timed(lambda: ours(True))
     order = [("bare", lambda: bare_loop(model, images, args.batch_size, device)),
              ("pooled", lambda: ours(False)), ("spatial", lambda: ours(True))]
     seconds = {name: [] for name, _ in order}
     for _ in range(args.repeats):  # interleaved so that machine noise hits every variant alike
         for name, fn in order:
-            seconds[name].append(timed(fn, 1))
+            seconds[name].append(timed(fn))
     median = {name: statistics.median(values) for name, values in seconds.items()}
     result = {
         "model": args.model, "device": str(device), "torch_threads": torch.get_num_threads(), "n_images": args.n,

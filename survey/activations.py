@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,7 @@ def extract(
     model = model.eval().to(device)
     captured: dict[str, torch.Tensor] = {}
 
-    def hook_for(name: str):
+    def hook_for(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
             captured[name] = output[0] if isinstance(output, (tuple, list)) else output
             if len(captured) == len(layers):

@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import duckdb
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -115,7 +116,6 @@ def sql(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (parquet: required).")] = None,
 ) -> None:
     """Query the catalogs with DuckDB (in memory, read-only over the Parquet files)."""
-    import duckdb
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -214,7 +214,7 @@ def submit(
         raise SurveyError(f"Ray job ended {status}; read its logs with `ray job logs` on {address}")
 
 
-def _print_query(connection, title: str, query: str) -> None:
+def _print_query(connection: duckdb.DuckDBPyConnection, title: str, query: str) -> None:
     result = connection.sql(query)
     _print_table(result.columns, [dict(zip(result.columns, row, strict=True)) for row in result.fetchall()], title)
 

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +165,7 @@ class Warehouse:
     def _path(self, uri: str) -> str:
         return uri[len(self._prefix):] if self._prefix and uri.startswith(self._prefix) else uri
 
-    def _stage_and_move(self, final: str, write) -> None:
+    def _stage_and_move(self, final: str, write: Callable[[pa.NativeFile], object]) -> None:
         folder, name = final.rsplit("/", 1)
         self.fs.create_dir(folder, recursive=True)
         staged = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
