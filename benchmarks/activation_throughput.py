@@ -5,6 +5,9 @@
 
 Prints JSON: images/s of the bare loop (baseline, measured in the same run) and of `survey.activations.extract`
 hooking every representation layer (with and without full conv maps kept), and the overhead ratios.
+`overhead_pooled` is the extraction machinery (hooks, batching, pooling, host copies); `overhead_spatial`
+adds materialising every full conv map in fresh host memory (hundreds of MB, dominated by first-touch page
+faults), which the conv metric needs and a bare loop never does.
 """
 
 from __future__ import annotations
