@@ -47,16 +47,17 @@ def run_survey(
     A stage plans all its units, skips those whose part is already in the catalog, and runs the rest on
     the configured executor. Stages that ran anything append a row to `runs`.
     """
-    selected = [name for name in STAGE_ORDER if name in config.stages and (stages is None or name in stages)]
-    for name in selected:
-        STAGES[name](config).check()
+    selected = [STAGES[name](config) for name in STAGE_ORDER
+                if name in config.stages and (stages is None or name in stages)]
+    for stage in selected:
+        stage.check()
     warehouse.ensure_writable()
     info = RunInfo(run_id=uuid.uuid4().hex[:16], threads=config.executor.threads_per_worker)
     executor = make_executor(config.executor)
     reports = []
     try:
-        for name in selected:
-            reports.append(_run_stage(STAGES[name](config), warehouse, executor, info, progress))
+        for stage in selected:
+            reports.append(_run_stage(stage, warehouse, executor, info, progress))
     finally:
         executor.close()
     return reports

@@ -25,6 +25,7 @@ from survey.stages import RunInfo, Stage, WorkUnit
 class NetworksStage(Stage):
     name = "networks"
     table = "networks"
+    _units: list[WorkUnit] | None = None
 
     def settings(self) -> dict[str, Any]:
         zoo = self.config.zoo.model_dump(mode="json") if self.config.zoo else None
@@ -35,7 +36,10 @@ class NetworksStage(Stage):
         self.plan(None)
 
     def plan(self, warehouse: Warehouse | None) -> list[WorkUnit]:
-        return self._zoo_units() + [self._external_unit(net) for net in self.config.networks]
+        """The units depend on the config alone, so they are planned once (by `check`) and kept."""
+        if self._units is None:
+            self._units = self._zoo_units() + [self._external_unit(net) for net in self.config.networks]
+        return self._units
 
     def _zoo_units(self) -> list[WorkUnit]:
         zoo = self.config.zoo

@@ -49,14 +49,13 @@ class SessionsStage(Stage):
                 key = content_key("ses", synthetic.model_dump(mode="json", exclude={"n", "stimuli"}), stimset_ids,
                                   index, self.version)
                 units.append(WorkUnit(key, name, {"synthetic": index, "subject": subject, "stimsets": sets}))
-        for nwb in sessions.nwb:
-            units.append(self._nwb_unit(nwb, warehouse))
+        if sessions.nwb:
+            sets = stimset_rows(self.config, warehouse, tuple(spec.name for spec in self.config.stimuli))
+            units += [self._nwb_unit(nwb, sets) for nwb in sessions.nwb]
         return units
 
-    def _nwb_unit(self, nwb: NWBSession, warehouse: Warehouse) -> WorkUnit:
+    def _nwb_unit(self, nwb: NWBSession, sets: dict[str, dict]) -> WorkUnit:
         path = Path(nwb.path)
-        stimset_names = tuple(spec.name for spec in self.config.stimuli)
-        sets = stimset_rows(self.config, warehouse, stimset_names)
         reader = nwb.model_dump(mode="json", exclude={"path", "name"})
         key = content_key("ses", _file_hash(path), reader, {n: r["stimset_id"] for n, r in sets.items()},
                           self.version)
