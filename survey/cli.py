@@ -17,7 +17,7 @@ from rich.table import Table
 
 from survey.catalog import TABLES, Warehouse, connect
 from survey.config import DEMO_CONFIG, STAGE_ORDER, SurveyConfig, load_config
-from survey.errors import SurveyError
+from survey.errors import SurveyError, one_line
 
 DEFAULT_WAREHOUSE = "catalogs/warehouse"
 
@@ -126,7 +126,7 @@ def sql(
     try:
         result = connect(store).sql(query)
     except duckdb.Error as err:
-        raise SurveyError(f"query failed: {' '.join(str(err).split())}") from None
+        raise SurveyError(f"query failed: {one_line(err, 400)}") from None
     if result is None:
         return
     data = result.to_arrow_table()

@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from survey.errors import SurveyError
+from survey.errors import SurveyError, one_line
 from survey.sources.zoo import TrainConfig
 from survey.stimuli import StimulusSpec
 
@@ -139,7 +139,7 @@ def load_config(path: str | Path) -> SurveyConfig:
     except OSError as err:
         raise SurveyError(f"config {path}: cannot read it ({err.strerror}); pass the path of a YAML file") from None
     except yaml.YAMLError as err:
-        raise SurveyError(f"config {path}: not valid YAML ({_one_line(str(err))}); fix the syntax") from None
+        raise SurveyError(f"config {path}: not valid YAML ({one_line(err)}); fix the syntax") from None
     return parse_config(data, str(path))
 
 
@@ -150,8 +150,4 @@ def parse_config(data: dict, source: str = "config") -> SurveyConfig:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top level)"
         more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise SurveyError(f"config {source}: {where}: {_one_line(first['msg'])}{more}; fix this field") from None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+        raise SurveyError(f"config {source}: {where}: {one_line(first['msg'])}{more}; fix this field") from None

@@ -3,3 +3,9 @@
 
 class SurveyError(Exception):
     """An input problem the user can fix; the CLI prints it as one line and exits non-zero."""
+
+
+def one_line(detail: object, limit: int = 200) -> str:
+    """`detail` (an exception or text) with its whitespace and newlines collapsed, cut to `limit` characters."""
+    text = " ".join(str(detail).split()) or type(detail).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

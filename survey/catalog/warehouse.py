@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from survey.catalog.schemas import TABLES
-from survey.errors import SurveyError
+from survey.errors import SurveyError, one_line
 from survey.hashing import array_hash
 
 _PART = re.compile(r"^part-(.+)\.parquet$")
@@ -45,7 +45,7 @@ class Warehouse:
                 self.fs, self.root = pafs.FileSystem.from_uri(uri)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
                 raise SurveyError(
-                    f"warehouse {uri!r} cannot be opened ({_first_line(err)}); "
+                    f"warehouse {uri!r} cannot be opened ({one_line(err)}); "
                     "pass --warehouse a local directory or a URI pyarrow.fs understands (s3://, gs://, file://)"
                 ) from None
             self._prefix = uri.split("://", 1)[0] + "://"
@@ -74,7 +74,7 @@ class Warehouse:
             self.fs.delete_file(probe)
         except (OSError, pa.ArrowException) as err:
             raise SurveyError(
-                f"warehouse {self.uri!r} is not writable ({_first_line(err)}); pass --warehouse a writable directory"
+                f"warehouse {self.uri!r} is not writable ({one_line(err)}); pass --warehouse a writable directory"
             ) from None
 
     # ---- tables -------------------------------------------------------------------------------------
@@ -177,8 +177,3 @@ class Warehouse:
             with contextlib.suppress(OSError):
                 self.fs.delete_file(staged)
             raise
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from survey.catalog import Warehouse
-from survey.errors import SurveyError
+from survey.errors import SurveyError, one_line
 
 # What the job's working directory upload leaves out: environments, data and caches.
 UPLOAD_EXCLUDES = [".venv/", ".git/", "catalogs/warehouse/", "**/__pycache__/", "*.nwb", ".pytest_cache/"]
@@ -34,7 +34,7 @@ def submit_survey(
     try:
         client = JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise SurveyError(f"cannot reach the Ray cluster at {address} ({' '.join(str(err).split())[:200]}); "
+        raise SurveyError(f"cannot reach the Ray cluster at {address} ({one_line(err)}); "
                           "check --address and RAY_AUTH_MODE=token / the cluster's token") from None
     store = Warehouse(warehouse)
     entrypoint = (f"python -m jobs.run_survey --config {config.relative_to(working_dir)} "

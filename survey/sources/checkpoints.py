@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from survey.errors import SurveyError
+from survey.errors import SurveyError, one_line
 
 _SAVE_HINT = "save model.state_dict() with torch.save or safetensors"
 
@@ -28,7 +28,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise SurveyError(
-                f"checkpoint {path} is not a readable safetensors file ({_short(err)}); "
+                f"checkpoint {path} is not a readable safetensors file ({one_line(err, 160)}); "
                 f"copy it again or re-save it: {_SAVE_HINT}"
             ) from None
     try:
@@ -36,11 +36,11 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except Exception as err:  # truncated or corrupt files surface as many exception types
         if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
             raise SurveyError(
-                f"checkpoint {path} is not a plain state dict (weights_only=True refused it: {_short(err)}); "
+                f"checkpoint {path} is not a plain state dict (weights_only=True refused it: {one_line(err, 160)}); "
                 f"{_SAVE_HINT}"
             ) from None
         raise SurveyError(
-            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {_short(err)}); "
+            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {one_line(err, 160)}); "
             f"copy it again or re-save it: {_SAVE_HINT}"
         ) from None
     if isinstance(state, Mapping):
@@ -89,8 +89,3 @@ def load_into(module: nn.Module, path: str | os.PathLike[str]) -> None:
 def _first(keys: list[str], n: int = 4) -> str:
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
-
-
-def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:160] + ("…" if len(text) > 160 else "")

@@ -10,7 +10,7 @@ from types import ModuleType
 
 from torch import nn
 
-from survey.errors import SurveyError
+from survey.errors import SurveyError, one_line
 from survey.sources.checkpoints import load_into
 
 KINDS = ("torchvision", "timm", "callable")
@@ -29,14 +29,14 @@ def build_external(
             module = models.get_model(target, weights=None, **kwargs)
         except (ValueError, TypeError, KeyError) as err:
             raise SurveyError(
-                f"torchvision model {target!r}: {_short(err)}; see torchvision.models.list_models()"
+                f"torchvision model {target!r}: {one_line(err, 160)}; see torchvision.models.list_models()"
             ) from None
     elif kind == "timm":
         timm = _optional("timm", "timm")
         try:
             module = timm.create_model(target, pretrained=False, **kwargs)
         except (RuntimeError, TypeError, ValueError, KeyError) as err:
-            raise SurveyError(f"timm model {target!r}: {_short(err)}; see timm.list_models()") from None
+            raise SurveyError(f"timm model {target!r}: {one_line(err, 160)}; see timm.list_models()") from None
     elif kind == "callable":
         module = _call_target(target, kwargs)
     else:
@@ -54,7 +54,7 @@ def _call_target(target: str, kwargs: dict) -> nn.Module:
         factory = importlib.import_module(module_name)
     except Exception as err:  # ImportError, or whatever the module raises while it is imported
         raise SurveyError(
-            f"network target {target!r}: cannot import {module_name} ({type(err).__name__}: {_short(err)}); "
+            f"network target {target!r}: cannot import {module_name} ({type(err).__name__}: {one_line(err, 160)}); "
             "install it or fix `target`"
         ) from None
     for part in attribute.split("."):
@@ -68,7 +68,7 @@ def _call_target(target: str, kwargs: dict) -> nn.Module:
         module = factory(**kwargs)
     except Exception as err:  # the user's code: report it in one line
         raise SurveyError(
-            f"network target {target!r} failed with kwargs {kwargs} ({type(err).__name__}: {_short(err)}); "
+            f"network target {target!r} failed with kwargs {kwargs} ({type(err).__name__}: {one_line(err, 160)}); "
             "fix `kwargs` or the function"
         ) from None
     if not isinstance(module, nn.Module):
@@ -106,8 +106,3 @@ def check_layers(module: nn.Module, requested: Iterable[str], network_name: str)
                 f"network {network_name!r} has no layer {name!r}; "
                 f"known layers include: {', '.join(shown)}{more} (see `survey layers`)"
             )
-
-
-def _short(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:160] + ("…" if len(text) > 160 else "")
