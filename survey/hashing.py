@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import numpy as np
 
+_CHUNK = 1 << 22
 KEY_HEX = 16  # hex digits kept in ids and part names (64 bits: collisions are not a concern at survey scale)
 
 
@@ -26,13 +28,20 @@ def content_key(prefix: str, *parts: Any) -> str:
     return f"{prefix}-{stable_hash(*parts)[:KEY_HEX]}"
 
 
-def array_hash(array: np.ndarray) -> str:
-    """sha256 hex over dtype, shape and bytes of an array."""
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(array.data)
+def array_hash(*arrays: np.ndarray) -> str:
+    """sha256 hex over the dtype, shape and bytes of each array in turn."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
     return digest.hexdigest()
 
 
-def bytes_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

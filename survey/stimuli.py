@@ -6,7 +6,6 @@ Each spec is a frozen pydantic model with a `kind` discriminator and `generate()
 
 from __future__ import annotations
 
-import hashlib
 import math
 import zipfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from scipy.ndimage import affine_transform
 from threadpoolctl import threadpool_limits
 
 from survey.errors import SurveyError
+from survey.hashing import array_hash
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
 
 __all__ = [
@@ -56,11 +56,7 @@ class StimulusSet:
 
     def content_hash(self) -> str:
         """sha256 hex digest of the images, labels and coords (bytes, shapes and dtypes)."""
-        digest = hashlib.sha256()
-        for array in (self.images, self.labels, self.coords):
-            digest.update(f"{array.dtype.str}{array.shape}".encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()
+        return array_hash(self.images, self.labels, self.coords)
 
 
 def _stimulus_set(images: np.ndarray, labels: np.ndarray, coords: np.ndarray) -> StimulusSet:

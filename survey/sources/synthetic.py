@@ -20,12 +20,10 @@ electrode group per area, and a `stimulus_presentations` intervals table with `s
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +35,7 @@ from pynwb.file import Subject
 from pynwb.misc import Units
 from torch.nn import functional as nnf
 
+from survey.atomic import staged_path
 from survey.errors import SurveyError
 
 AREAS = ("V1", "V4", "IT")
@@ -420,16 +419,7 @@ def write_session(
     ])
     nwbfile.add_time_intervals(presentations)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The file path provided", category=UserWarning)
-            with NWBHDF5IO(temporary, "w") as io:
-                io.write(nwbfile)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with staged_path(path) as temporary, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The file path provided", category=UserWarning)
+        with NWBHDF5IO(temporary, "w") as io:
+            io.write(nwbfile)

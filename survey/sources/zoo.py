@@ -12,10 +12,8 @@ split as buffers (saved with the weights), so callers feed raw [0, 1] images eve
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -30,6 +28,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
+from survey.atomic import staged_path
+from survey.hashing import file_hash
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
 
 OPS = ("conv3x3", "conv1x1", "maxpool3x3")
@@ -444,19 +444,8 @@ def train(net: CellNet, objective: str, config: TrainConfig | None = None, seed:
 
 def save_weights(net: nn.Module, path: str | os.PathLike[str]) -> str:
     """Write the state dict as safetensors atomically (temp file, os.replace); sha256 hex of the file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        with open(tmp, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).hexdigest()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with staged_path(path) as staged:
+        save_file(state, staged)
+        digest = file_hash(staged)
     return digest

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections import OrderedDict
-from pathlib import Path
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from torch import nn
 
 from survey.catalog import Warehouse
 from survey.config import ExternalNetwork
-from survey.hashing import bytes_hash, content_key
+from survey.hashing import content_key, file_hash
 from survey.sources.checkpoints import load_into
 from survey.sources.external import build_external, check_layers
 from survey.sources.zoo import N_CLASSES, CellSpec, build_network, n_params, sample_spec, save_weights, train
@@ -61,7 +60,7 @@ class NetworksStage(Stage):
     def _external_unit(self, network: ExternalNetwork) -> WorkUnit:
         module = _build_external(network, network.weights)  # validates target, weights and layer names now
         check_layers(module, network.layers, network.name)
-        weights = bytes_hash(Path(network.weights).read_bytes()) if network.weights else None
+        weights = file_hash(network.weights) if network.weights else None
         key = content_key("net", network.model_dump(mode="json", exclude={"name"}), weights, self.version)
         return WorkUnit(key, network.name, {"network": network})
 
@@ -95,26 +94,21 @@ class NetworksStage(Stage):
 
 def load_network(row: dict, warehouse: Warehouse) -> tuple[nn.Module, dict]:
     """The module of a `networks` row with its stored weights, and its preprocessing (cached per process)."""
-    key = (warehouse.uri, row["content_hash"], row["spec"])
-    if key not in _MODELS:
-        spec = json.loads(row["spec"])
-        with warehouse.local_copy(row["weights_uri"]) as weights:
-            if row["family"] == "zoo":
-                module = build_network(CellSpec.model_validate(spec["cell"]), spec["n_classes"])
-                load_into(module, weights)
-                preprocessing = {"input_size": spec["task_size"], "mean": None, "std": None}
-            else:
-                module = build_external(spec["kind"], spec["target"], spec["kwargs"], weights)
-                preprocessing = {name: spec[name] for name in ("input_size", "mean", "std")}
-        _MODELS[key] = (module, preprocessing)
-        while len(_MODELS) > _MODEL_CACHE_SIZE:
-            _MODELS.popitem(last=False)
-    _MODELS.move_to_end(key)
-    return _MODELS[key]
+    return _load_network(warehouse.uri, row["family"], row["spec"], row["weights_uri"], row["content_hash"])
 
 
-_MODEL_CACHE_SIZE = 2
-_MODELS: OrderedDict[tuple, tuple[nn.Module, dict]] = OrderedDict()
+@lru_cache(maxsize=2)
+def _load_network(
+    warehouse_uri: str, family: str, spec_json: str, weights_uri: str, content_hash: str
+) -> tuple[nn.Module, dict]:
+    spec = json.loads(spec_json)
+    with Warehouse(warehouse_uri).local_copy(weights_uri) as weights:
+        if family == "zoo":
+            module = build_network(CellSpec.model_validate(spec["cell"]), spec["n_classes"])
+            load_into(module, weights)
+            return module, {"input_size": spec["task_size"], "mean": None, "std": None}
+        module = build_external(spec["kind"], spec["target"], spec["kwargs"], weights)
+        return module, {name: spec[name] for name in ("input_size", "mean", "std")}
 
 
 def _zoo_layers(spec: CellSpec, wanted: str | tuple[str, ...], name: str) -> tuple[str, ...]:

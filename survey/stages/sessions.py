@@ -12,7 +12,7 @@ import numpy as np
 from survey.catalog import Warehouse
 from survey.config import NWBSession
 from survey.errors import SurveyError
-from survey.hashing import bytes_hash, content_key, stable_hash
+from survey.hashing import content_key, file_hash, stable_hash
 from survey.sources.nwb import RecordedSession, read_session
 from survey.sources.synthetic import write_session
 from survey.stages import RunInfo, Stage, WorkUnit
@@ -130,6 +130,6 @@ class SessionsStage(Stage):
 
 def _file_hash(path: Path) -> str:
     try:
-        return bytes_hash(path.read_bytes())
+        return file_hash(path)
     except OSError as err:
         raise SurveyError(f"NWB file {path}: cannot read it ({err.strerror}); fix the path or permissions") from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import numpy as np
 from survey.catalog import Warehouse
 from survey.config import SurveyConfig
 from survey.errors import SurveyError
-from survey.hashing import bytes_hash, content_key
+from survey.hashing import content_key, file_hash
 from survey.stages import RunInfo, Stage, WorkUnit
 from survey.stimuli import StimulusSpec
 
@@ -50,7 +49,7 @@ def stimset_id(spec: StimulusSpec) -> str:
     parts: list[Any] = [spec.model_dump(mode="json"), StimuliStage.version]
     if spec.kind == "array":
         try:
-            parts.append(bytes_hash(Path(spec.path).read_bytes()))
+            parts.append(file_hash(spec.path))
         except OSError as err:
             raise SurveyError(
                 f"stimulus set {spec.name!r}: cannot read {spec.path} ({err.strerror}); fix `path`"
