@@ -12,6 +12,7 @@ from typing import Annotated
 
 import duckdb
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -98,6 +99,18 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
     _print_query(connection, "networks by objective", """
         SELECT objective, count(*) AS networks, round(avg(test_accuracy), 3) AS mean_test_accuracy,
                round(avg(n_params)) AS mean_params FROM networks GROUP BY 1 ORDER BY 1""")
+    _print_query(connection, "mean shape distance (radians) from each recorded area to network layers by depth", """
+        WITH pairs AS (
+            SELECT d.metric, d.alpha, a.layer_or_area AS area, b.depth, d.distance
+            FROM shape_distances d
+            JOIN representations a ON a.rep_id IN (d.rep_a, d.rep_b) AND a.source_kind = 'session'
+            JOIN representations b ON b.rep_id IN (d.rep_a, d.rep_b) AND b.source_kind = 'network'
+            WHERE d.score_method = 'angular')
+        SELECT metric, alpha, area,
+               round(avg(distance) FILTER (WHERE depth < 1/3), 3) AS early_layers,
+               round(avg(distance) FILTER (WHERE depth >= 1/3 AND depth < 2/3), 3) AS middle_layers,
+               round(avg(distance) FILTER (WHERE depth >= 2/3), 3) AS late_layers
+        FROM pairs GROUP BY ALL ORDER BY metric, alpha, area""")
     console.print(
         "\nNext: query the catalogs with SQL, e.g.\n"
         f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"
@@ -106,6 +119,43 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
         "Tables and columns: catalogs/README.md. Run your own survey: survey run jobs/configs/small.yaml",
         soft_wrap=True,
     )
+
+
+def parse_metric(spec: str) -> dict:
+    """`metric[:alpha][:score][:uncentered]`, e.g. ``linear:0.5``, ``cka:euclidean``, ``permutation``."""
+    metric, *options = spec.split(":")
+    parsed: dict = {"metric": metric}
+    for option in options:
+        if option in ("angular", "euclidean"):
+            parsed["score"] = option
+        elif option == "uncentered":
+            parsed["center"] = False
+        else:
+            try:
+                parsed["alpha"] = float(option)
+            except ValueError:
+                raise SurveyError(f"--metric {spec!r}: {option!r} is not an alpha, a score or 'uncentered'; "
+                                  "write metric[:alpha][:score], e.g. linear:0.5:angular") from None
+    return parsed
+
+
+@app.command()
+def distances(
+    metric: Annotated[list[str], typer.Option(
+        "--metric", "-m", help="metric[:alpha][:score], repeatable: linear:0.5, permutation, cka, stochastic:1, conv",
+    )] = ["linear:1"],  # noqa: B006 - Typer reads the default, never mutates it
+    stimset: Annotated[list[str] | None, typer.Option(help="Stimulus-set names (default: all in the catalog).")] = None,
+    tile_size: Annotated[int, typer.Option(help="Representations a side of one tile (one unit of work).")] = 64,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    executor: ExecutorOption = None,
+) -> None:
+    """All pairwise shape distances between the catalog's representations, per stimulus set and metric."""
+    settings = {"metrics": [parse_metric(spec) for spec in metric], "stimuli": stimset or None, "tile_size": tile_size}
+    try:
+        config = SurveyConfig.model_validate({"name": "distances", "distances": settings, "stages": ["distances"]})
+    except ValidationError as err:
+        raise SurveyError(f"--metric: {one_line(err.errors()[0]['msg'])}") from None
+    execute(with_executor(config, executor), warehouse)
 
 
 @app.command()

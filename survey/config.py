@@ -9,10 +9,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from survey.errors import SurveyError, one_line
+from survey.metrics.shape import ShapeMetric
 from survey.sources.zoo import TrainConfig
 from survey.stimuli import StimulusSpec
 
-STAGE_ORDER = ("stimuli", "networks", "sessions", "activations")
+STAGE_ORDER = ("stimuli", "networks", "sessions", "activations", "distances")
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
@@ -98,6 +99,37 @@ class ActivationsConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class DistanceMetric(_Strict):
+    """One shape-metric configuration (DESIGN §5.1; formulas in `survey.metrics.shape`)."""
+
+    metric: Literal["linear", "permutation", "cka", "stochastic", "conv"] = "linear"
+    alpha: float = 1.0  # linear/conv: 0 = CCA … 1 = Procrustes; stochastic: 0 = means … 2 = covariances
+    score: Literal["angular", "euclidean"] = "angular"
+    center: bool = True
+
+    @model_validator(mode="after")
+    def _valid(self) -> DistanceMetric:
+        try:
+            ShapeMetric(self.metric, self.alpha, self.score, self.center, device="cpu")
+        except SurveyError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric} alpha={self.alpha:g} {self.score}" + ("" if self.center else " uncentered")
+
+
+class DistancesConfig(_Strict):
+    """All pairwise shape distances per stimulus set, networks and sessions together, for every metric."""
+
+    metrics: tuple[DistanceMetric, ...] = (DistanceMetric(),)
+    stimuli: tuple[str, ...] | None = None  # catalog stimulus-set names; None: those of `activations`, else all
+    tile_size: int = Field(64, ge=2)  # representations a side of one tile of the N × N triangle
+    conv_size: int = Field(4, ge=1)  # conv metric: maps are average-pooled to this many positions a side
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class SurveyConfig(_Strict):
     """A whole survey; each section configures one stage, and `stages` picks which run."""
 
@@ -108,6 +140,7 @@ class SurveyConfig(_Strict):
     networks: tuple[ExternalNetwork, ...] = ()
     sessions: SessionsConfig | None = None
     activations: ActivationsConfig = ActivationsConfig()
+    distances: DistancesConfig | None = None
     stages: tuple[Literal[STAGE_ORDER], ...] = STAGE_ORDER  # type: ignore[valid-type]
 
     @model_validator(mode="after")

@@ -25,6 +25,11 @@ TINY = {
     },
     "sessions": {"synthetic": {"n": 2, "subjects": 2, "units_per_area": 4, "repeats": 2, "stimuli": ["natural"]}},
     "activations": {"stimuli": ["natural", "grid"], "batch_size": 16},
+    "distances": {
+        "stimuli": ["natural"], "tile_size": 5,
+        "metrics": [{"metric": "linear", "alpha": 0.5}, {"metric": "permutation", "score": "euclidean"},
+                    {"metric": "stochastic"}, {"metric": "conv"}],
+    },
 }
 
 

@@ -38,6 +38,7 @@ def catalog_fingerprint(warehouse: Warehouse) -> dict[str, list]:
         "networks": "SELECT network_id, content_hash, test_accuracy FROM networks",
         "sessions": "SELECT session_id, content_hash FROM sessions",
         "representations": "SELECT rep_id, content_hash, n_stimuli, n_units FROM representations",
+        "shape_distances": "SELECT rep_a, rep_b, metric, alpha, score_method, round(distance, 9) FROM shape_distances",
     }
     return {table: sorted(_count(warehouse, query)) for table, query in queries.items()}
 
@@ -53,12 +54,12 @@ def test_tiny_survey_fills_every_table_and_resumes_without_duplicates(tmp_path, 
     assert counts["sessions"] == 2
     # every network layer × 2 stimulus sets, plus 2 sessions × 3 areas × 1 stimulus set
     assert counts["representations"] == 2 * layers + 2 * 3
-    assert counts["runs"] == 4
+    assert counts["runs"] == 5
     by_kind = dict(_count(warehouse, "SELECT source_kind, count(*) FROM representations GROUP BY 1"))
     assert by_kind == {"network": 2 * layers, "session": 6}
 
     second = run_survey(tiny_config, warehouse, progress=False)
-    assert [r.units_run for r in second] == [0, 0, 0, 0]
+    assert [r.units_run for r in second] == [0] * 5
     assert table_counts(warehouse) == counts  # not even a `runs` row
 
 

@@ -76,6 +76,17 @@ REPRESENTATIONS = _schema(
     pa.field("content_hash", pa.string(), nullable=False),  # of the n_stimuli × n_units array
 )
 
+SHAPE_DISTANCES = _schema(  # hive-partitioned by metric: shape_distances/metric=<metric>/part-<tile>.parquet
+    pa.field("rep_a", pa.string(), nullable=False),  # rep_a < rep_b: one row per unordered pair
+    pa.field("rep_b", pa.string(), nullable=False),
+    pa.field("stimset_id", pa.string(), nullable=False),
+    pa.field("metric", pa.string(), nullable=False),  # linear | permutation | cka | stochastic | conv
+    pa.field("alpha", pa.float64(), nullable=False),
+    pa.field("score_method", pa.string(), nullable=False),  # angular (radians) | euclidean
+    pa.field("center", pa.bool_(), nullable=False),
+    pa.field("distance", pa.float64(), nullable=False),
+)
+
 RUNS = _schema(
     pa.field("stage", pa.string(), nullable=False),
     pa.field("config", pa.string(), nullable=False),  # JSON of the stage's part of the survey config
@@ -94,5 +105,10 @@ TABLES: dict[str, pa.Schema] = {
     "networks": NETWORKS,
     "sessions": SESSIONS,
     "representations": REPRESENTATIONS,
+    "shape_distances": SHAPE_DISTANCES,
     "runs": RUNS,
 }
+
+# Hive partition columns per table: a part lives under <table>/<column>=<value>/ and the file itself
+# leaves the column out (DuckDB and pyarrow read it back from the folder name).
+PARTITIONS: dict[str, tuple[str, ...]] = {"shape_distances": ("metric",)}

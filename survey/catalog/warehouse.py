@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from survey.catalog.schemas import TABLES
+from survey.catalog.schemas import PARTITIONS, TABLES
 from survey.errors import SurveyError, one_line
 from survey.hashing import array_hash
 
@@ -93,9 +93,19 @@ class Warehouse:
         return keys
 
     def write_part(self, table: str, key: str, rows: list[dict]) -> int:
-        """Write `rows` as the part file of unit `key` in `table` (staged, then renamed into place)."""
+        """Write `rows` as the part file of unit `key` in `table` (staged, then renamed into place).
+
+        In a partitioned table all rows of a part share the partition values, which name its folder.
+        """
         data = pa.Table.from_pylist(rows, schema=TABLES[table])
-        final = f"{self.table_dir(table)}/part-{key}.parquet"
+        folder = self.table_dir(table)
+        for column in PARTITIONS.get(table, ()):
+            values = set(data.column(column).to_pylist())
+            if len(values) != 1:
+                raise ValueError(f"part {key} of {table} spans {column} values {sorted(values)}; write one per value")
+            folder += f"/{column}={values.pop()}"
+            data = data.drop_columns(column)
+        final = f"{folder}/part-{key}.parquet"
         self._stage_and_move(final, lambda stream: pq.write_table(data, stream))
         return data.num_rows
 
@@ -104,9 +114,13 @@ class Warehouse:
         schema = TABLES[table]
         if not self.done_keys(table):
             return schema.empty_table().select(columns) if columns else schema.empty_table()
+        partition_columns = PARTITIONS.get(table, ())
+        partitioning = pads.partitioning(
+            pa.schema([schema.field(column) for column in partition_columns]), flavor="hive",
+        ) if partition_columns else None
         dataset = pads.dataset(
             self.table_dir(table), schema=schema, format="parquet", filesystem=self.fs,
-            exclude_invalid_files=False, ignore_prefixes=[".", "_"],
+            exclude_invalid_files=False, ignore_prefixes=[".", "_"], partitioning=partitioning,
         )
         return dataset.to_table(columns=columns)
 

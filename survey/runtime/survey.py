@@ -16,12 +16,13 @@ from survey.hashing import canonical_json
 from survey.runtime.executors import Executor, make_executor
 from survey.stages import RunInfo, Stage
 from survey.stages.activations import ActivationsStage
+from survey.stages.distances import DistancesStage
 from survey.stages.networks import NetworksStage
 from survey.stages.sessions import SessionsStage
 from survey.stages.stimuli import StimuliStage
 
 STAGES: dict[str, type[Stage]] = {
-    stage.name: stage for stage in (StimuliStage, NetworksStage, SessionsStage, ActivationsStage)
+    stage.name: stage for stage in (StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage)
 }
 assert tuple(STAGES) == STAGE_ORDER
 

@@ -1,0 +1,369 @@
+"""Generalized shape metrics between representations whose rows are the same m stimuli (DESIGN §5.1).
+
+Williams, Kunz, Kornblith & Linderman, "Generalized Shape Metrics on Neural Representations", NeurIPS 2021:
+the linear family with partial whitening (§3.1, eq. 6), the permutation metric (§3.1), angular CKA (§3.3) and
+the convolutional metric (§3.4). Duong, Zhou, Nassar & Williams, "Representational Dissimilarity Metric Spaces
+for Stochastic Neural Networks", ICLR 2023: the Gaussian stochastic shape metric (eq. 7, Bures/Wasserstein
+interpolated by alpha in [0, 2]).
+
+Every metric here is the distance between orbits of a group acting by isometries, written the same way from
+one "cross" term ⟨a, b⟩ = max over the group of the alignment, and the norms of the prepared representations:
+
+    angular   θ = arccos( ⟨a, b⟩ / (‖a‖ ‖b‖) )            in [0, π]
+    euclidean d = sqrt( ‖a‖² + ‖b‖² − 2 ⟨a, b⟩ )           (not divided by m)
+
+The engine (`ShapeMetric`) prepares each representation once (centred, partially whitened, reduced to a thin
+m × r factor) and gets a whole block of pairs from one large matrix product plus batched singular values, in
+float64, with PyTorch on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from survey.errors import SurveyError
+
+Metric = Literal["linear", "permutation", "cka", "stochastic", "conv"]
+Score = Literal["angular", "euclidean"]
+METRICS: tuple[str, ...] = ("linear", "permutation", "cka", "stochastic", "conv")
+SCORES: tuple[str, ...] = ("angular", "euclidean")
+INPUT_NDIM = {"linear": 2, "permutation": 2, "cka": 2, "stochastic": 3, "conv": 4}
+INPUT_LAYOUT = {
+    "linear": "stimuli × units", "permutation": "stimuli × units", "cka": "stimuli × units",
+    "stochastic": "stimuli × repeats × units", "conv": "stimuli × channels × height × width",
+}
+EIGENVALUE_FLOOR = 1e-7  # eigenvalues of XᵀX are clipped here before whitening (DESIGN §5.1)
+BLOCK_BYTES = 1 << 28  # memory for one block of cross products
+STOCHASTIC_MAX_ITER = 2000
+STOCHASTIC_HEAT_ITER = 25  # steps each start takes before the best one goes on
+STOCHASTIC_TOL = 1e-12
+Gaussians = tuple[torch.Tensor, torch.Tensor]  # per-stimulus means (m × n) and covariance factors (m × n × k)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A representation reduced to what every pair needs: `data` (metric-specific) and its norm ‖a‖."""
+
+    data: torch.Tensor | Gaussians
+    norm: float
+
+    @property
+    def width(self) -> int:
+        """Columns of the factor: r for linear / CKA, units for permutation and stochastic, channels for conv."""
+        data = self.data[0] if isinstance(self.data, tuple) else self.data
+        return int(data.shape[-1] if data.ndim == 2 else data.shape[1])
+
+
+def check_representation(array: object, name: str, ndim: int = 2, layout: str = "stimuli × units") -> np.ndarray:
+    """`array` as float64 if it is a finite, non-empty `ndim`-D array; otherwise one clear SurveyError."""
+    values = np.asarray(array)
+    if values.ndim != ndim:
+        raise SurveyError(f"representation {name} has shape {values.shape}; pass a {ndim}-D array ({layout})")
+    if values.size == 0 or min(values.shape) == 0:
+        raise SurveyError(f"representation {name} is empty (shape {values.shape}); drop it from the survey")
+    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+        raise SurveyError(f"representation {name} has dtype {values.dtype}; pass real numbers")
+    values = values.astype(np.float64, copy=False)
+    if not np.isfinite(values).all():
+        raise SurveyError(f"representation {name} has {int((~np.isfinite(values)).sum())} non-finite values; "
+                          "drop or impute NaN/inf responses first")
+    return values
+
+
+def partial_whitening_scales(singular_values: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Singular values of X_w = Xc Z given those of Xc (Williams et al. 2021 eq. 6, variance preserving).
+
+    With λ = s² (eigenvalues of XcᵀXc, clipped at 1e-7), d = α + (1 − α) λ^(−1/2) and Z = V diag(c·d) Vᵀ,
+    X_w = U diag(c·s·d) Vᵀ; c makes ‖X_w‖_F = ‖Xc‖_F.
+    """
+    lam = singular_values.square().clamp_min(EIGENVALUE_FLOOR)
+    scaled = singular_values * (alpha + (1.0 - alpha) * lam.rsqrt())
+    total = scaled.square().sum()
+    if total == 0:
+        return scaled
+    return scaled * torch.sqrt(singular_values.square().sum() / total)
+
+
+def _score(cross: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray, score: str) -> np.ndarray:
+    if score == "angular":
+        return np.arccos(np.clip(cross / (norm_a * norm_b), -1.0, 1.0))
+    return np.sqrt(np.maximum(norm_a**2 + norm_b**2 - 2.0 * cross, 0.0))
+
+
+def resolve_torch_device(device: str | torch.device | None) -> torch.device:
+    """`None` or "auto": CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class ShapeMetric:
+    """One metric configuration: `prepare` each representation once, then `cross` blocks of pairs.
+
+    `alpha` is the whitening parameter of the linear and convolutional metrics (0 = CCA, 1 = Procrustes) and
+    the Bures/mean interpolation of the stochastic metric (0 = means only, 2 = covariances only); the
+    permutation metric and CKA have none (alpha must stay 1).
+    """
+
+    def __init__(
+        self, metric: Metric = "linear", alpha: float = 1.0, score: Score = "angular", center: bool = True,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if metric not in METRICS:
+            raise SurveyError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        if score not in SCORES:
+            raise SurveyError(f"unknown score {score!r}; use angular or euclidean")
+        top = 2.0 if metric == "stochastic" else 1.0
+        if not 0.0 <= alpha <= top:
+            raise SurveyError(f"alpha={alpha} is outside [0, {top:g}] for the {metric} metric; pick alpha in range")
+        if metric in ("permutation", "cka") and alpha != 1.0:
+            raise SurveyError(f"the {metric} metric has no alpha; leave alpha at 1")
+        self.metric, self.alpha, self.score, self.center = metric, float(alpha), score, center
+        self.device = resolve_torch_device(device)
+
+    def __repr__(self) -> str:
+        return f"ShapeMetric({self.metric!r}, alpha={self.alpha:g}, score={self.score!r}, center={self.center})"
+
+    # ---- per representation ---------------------------------------------------------------------------
+
+    def prepare(self, array: object, name: str = "X") -> Prepared:
+        """Centre, whiten and factor one representation (see `INPUT_LAYOUT` for the array each metric takes)."""
+        values = check_representation(array, name, INPUT_NDIM[self.metric], INPUT_LAYOUT[self.metric])
+        x = torch.from_numpy(values).to(self.device)
+        if self.metric == "stochastic":
+            prepared = self._prepare_stochastic(x, name)
+        elif self.metric == "conv":
+            prepared = self._prepare_conv(x)
+        else:
+            if self.center:
+                x = x - x.mean(dim=0)
+            if self.metric == "permutation":
+                prepared = Prepared(x, float(torch.linalg.norm(x)))
+            else:
+                u, s, _ = torch.linalg.svd(x, full_matrices=False)
+                if self.metric == "linear":
+                    s_w = partial_whitening_scales(s, self.alpha)
+                    prepared = Prepared(u * s_w, float(torch.linalg.norm(s_w)))
+                else:  # CKA: Gram matrix K = X Xᵀ = (U s²) Uᵀ, normalised so that ⟨a, b⟩ is CKA itself
+                    gram_norm = torch.linalg.norm(s.square())
+                    prepared = Prepared(u * s / gram_norm.clamp_min(1e-300).sqrt(), 1.0 if gram_norm > 0 else 0.0)
+        if not prepared.norm > 0:
+            raise SurveyError(f"representation {name} is constant across stimuli (zero norm after centering); "
+                              "drop it or pass center=False")
+        return prepared
+
+    def _prepare_conv(self, maps: torch.Tensor) -> Prepared:
+        """Channel whitening shared over positions; data = the whitened maps' 2-D spectra (m × C × H × W)."""
+        m, channels, height, width = maps.shape
+        rows = maps.permute(0, 2, 3, 1).reshape(-1, channels)
+        if self.center:
+            rows = rows - rows.mean(dim=0)
+        _, s, vh = torch.linalg.svd(rows, full_matrices=False)
+        transform = vh.mT @ torch.diag(partial_whitening_scales(s, self.alpha) / s.clamp_min(1e-300)) @ vh
+        whitened = (rows @ transform).reshape(m, height, width, channels).permute(0, 3, 1, 2)
+        return Prepared(torch.fft.fft2(whitened), float(torch.linalg.norm(whitened)))
+
+    def _prepare_stochastic(self, trials: torch.Tensor, name: str) -> Prepared:
+        """Per-stimulus Gaussians: means (m × n, centred over stimuli) and covariance factors L_i (m × n × k),
+        Σ_i = L_i L_iᵀ with k = repeats (deviations / √(R−1)) or n (Σ_i^½), whichever is smaller."""
+        repeats = trials.shape[1]
+        if repeats < 2:
+            raise SurveyError(f"representation {name} has {repeats} repeat; "
+                              "the stochastic metric needs ≥ 2 repeats per stimulus")
+        means = trials.mean(dim=1)
+        factors = (trials - means.unsqueeze(1)).mT / (repeats - 1) ** 0.5
+        if repeats > trials.shape[2]:
+            eigenvalues, eigenvectors = torch.linalg.eigh(factors @ factors.mT)
+            factors = (eigenvectors * eigenvalues.clamp_min(0).sqrt().unsqueeze(-2)) @ eigenvectors.mT
+        if self.center:
+            means = means - means.mean(dim=0)
+        norm2 = (2.0 - self.alpha) * means.square().sum() + self.alpha * factors.square().sum()
+        return Prepared((means, factors), float(norm2.sqrt()))
+
+    # ---- pairs --------------------------------------------------------------------------------------
+
+    def cross(
+        self, rows: Sequence[Prepared], cols: Sequence[Prepared], pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """The cross terms ⟨a, b⟩ for `pairs` (index arrays into rows and cols; default all), as a flat array."""
+        if pairs is None:
+            grid = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
+            pairs = (grid[0].ravel(), grid[1].ravel())
+        out = np.empty(len(pairs[0]), np.float64)
+        if len(out) == 0:
+            return out
+        if self.metric in ("linear", "cka"):
+            self._cross_factors(rows, cols, pairs, out)
+        else:
+            for k, (i, j) in enumerate(zip(*pairs, strict=True)):
+                out[k] = self._cross_one(rows[i], cols[j])
+        return out
+
+    def distances(
+        self, rows: Sequence[Prepared], cols: Sequence[Prepared], pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Distances for `pairs` (default: the full len(rows) × len(cols) grid, returned flat)."""
+        if pairs is None:
+            grid = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
+            pairs = (grid[0].ravel(), grid[1].ravel())
+        norm_a = np.array([rows[i].norm for i in pairs[0]])
+        norm_b = np.array([cols[j].norm for j in pairs[1]])
+        return _score(self.cross(rows, cols, pairs), norm_a, norm_b, self.score)
+
+    def _cross_factors(
+        self, rows: Sequence[Prepared], cols: Sequence[Prepared], pairs: tuple[np.ndarray, np.ndarray],
+        out: np.ndarray,
+    ) -> None:
+        """Linear: ‖F_aᵀ F_b‖_* ; CKA: ‖F_aᵀ F_b‖_F². Pairs are grouped by factor widths (r_a, r_b); each group's
+        cross products come from one matrix product of the stacked factors, then batched singular values."""
+        width_a = np.array([rows[i].width for i in pairs[0]])
+        width_b = np.array([cols[j].width for j in pairs[1]])
+        groups: dict[tuple[int, int], np.ndarray] = {}
+        for key in set(zip(width_a.tolist(), width_b.tolist(), strict=True)):
+            groups[key] = np.flatnonzero((width_a == key[0]) & (width_b == key[1]))
+        for (r_a, r_b), members in groups.items():
+            for chunk in _chunks(members, pairs, r_a, r_b):
+                ia, ja = np.unique(pairs[0][chunk], return_inverse=True)
+                ib, jb = np.unique(pairs[1][chunk], return_inverse=True)
+                stacked_a = torch.cat([rows[i].data for i in ia], dim=1)
+                stacked_b = torch.cat([cols[j].data for j in ib], dim=1)
+                blocks = (stacked_a.mT @ stacked_b).reshape(len(ia), r_a, len(ib), r_b).permute(0, 2, 1, 3)
+                selected = blocks[torch.from_numpy(ja), torch.from_numpy(jb)]
+                if self.metric == "linear":
+                    values = torch.linalg.svdvals(selected).sum(dim=-1)
+                else:
+                    values = selected.square().sum(dim=(-2, -1))
+                out[chunk] = values.cpu().numpy()
+
+    def _cross_one(self, a: Prepared, b: Prepared) -> float:
+        if self.metric == "permutation":
+            gains = (a.data.mT @ b.data).cpu().numpy()
+            row, col = linear_sum_assignment(gains, maximize=True)
+            return float(gains[row, col].sum())
+        if self.metric == "conv":
+            return _conv_cross(a.data, b.data)
+        return _stochastic_cross(a.data, b.data, self.alpha)
+
+
+def _chunks(members: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], r_a: int, r_b: int) -> list[np.ndarray]:
+    """Split a width group's pairs so that each chunk's stacked cross product stays under BLOCK_BYTES."""
+    budget_reps = max(1, int(np.sqrt(BLOCK_BYTES / 8) / max(r_a, r_b)))
+    order = members[np.lexsort((pairs[1][members], pairs[0][members]))]
+    row_ids = np.unique(pairs[0][order])
+    chunks = []
+    for start in range(0, len(row_ids), budget_reps):
+        in_rows = order[np.isin(pairs[0][order], row_ids[start:start + budget_reps])]
+        col_ids = np.unique(pairs[1][in_rows])
+        for col_start in range(0, len(col_ids), budget_reps):
+            chunk = in_rows[np.isin(pairs[1][in_rows], col_ids[col_start:col_start + budget_reps])]
+            if len(chunk):
+                chunks.append(chunk)
+    return chunks
+
+
+def _conv_cross(fa: torch.Tensor, fb: torch.Tensor) -> float:
+    """max over circular spatial shifts s of ‖Σ_{i,p} x_w[i,:,p] y_w[i,:,p+s]ᵀ‖_* (Williams et al. 2021 §3.4).
+
+    The channel cross-covariance at every shift is one inverse FFT of a product of the maps' spectra.
+    """
+    if fa.shape[2:] != fb.shape[2:]:
+        raise SurveyError(f"conv maps have spatial sizes {tuple(fa.shape[2:])} and {tuple(fb.shape[2:])}; "
+                          "pool both to one height × width first")
+    per_shift = torch.fft.ifft2(torch.einsum("mahw,mbhw->abhw", fa.conj(), fb)).real
+    per_shift = per_shift.permute(2, 3, 0, 1).reshape(-1, *per_shift.shape[:2])
+    return float(torch.linalg.svdvals(per_shift).sum(dim=-1).max())
+
+
+def _stochastic_cross(a: Gaussians, b: Gaussians, alpha: float) -> float:
+    """max over orthogonal Q of (2−α) Σ_i μ_iᵀ Q ν_i + α Σ_i ‖L_iᵀ Q K_i‖_* (Duong et al. 2023 eq. 7), where
+    Σ_i = L_i L_iᵀ and Ψ_i = K_i K_iᵀ: ‖L_iᵀ Q K_i‖_* = ‖Σ_i^½ Q Ψ_i^½ Qᵀ‖_* is the Bures fidelity term.
+
+    The problem is not concave. Alternating closed-form Procrustes steps (per-stimulus W_i, then the shared Q)
+    increases it monotonically. Three starts (the means' Procrustes solution, the moment-matched one and the
+    identity) each take a few steps; the best one is then followed to convergence.
+    """
+    (mu, factor_a), (nu, factor_b) = _pad_units(a, b)
+    mean_cross = (2.0 - alpha) * mu.mT @ nu  # Σ_i μ_i ν_iᵀ, weighted
+    moments = (factor_a @ factor_a.mT @ factor_b @ factor_b.mT).sum(dim=0)
+    starts = [mu.mT @ nu, mean_cross + alpha * moments, torch.eye(len(mu.mT), dtype=mu.dtype, device=mu.device)]
+    heats = [_stochastic_ascent(_polar(start), mean_cross, factor_a, factor_b, alpha, STOCHASTIC_HEAT_ITER)
+             for start in starts]
+    best = max(heats, key=lambda heat: heat[0])
+    return _stochastic_ascent(best[1], mean_cross, factor_a, factor_b, alpha, STOCHASTIC_MAX_ITER)[0]
+
+
+def _stochastic_ascent(
+    q: torch.Tensor, mean_cross: torch.Tensor, factor_a: torch.Tensor, factor_b: torch.Tensor, alpha: float,
+    max_iter: int,
+) -> tuple[float, torch.Tensor]:
+    """Block coordinate ascent from `q`: W_i = polar(L_iᵀ Q K_i), then Q = polar(Σμνᵀ + α Σ_i L_i W_i K_iᵀ).
+    Returns the objective and the last Q."""
+    value = -np.inf
+    for _ in range(max_iter):
+        u, s, vh = torch.linalg.svd(factor_a.mT @ q @ factor_b, full_matrices=False)
+        new = float((mean_cross * q).sum() + alpha * s.sum())
+        if new - value <= STOCHASTIC_TOL * max(abs(new), 1.0):
+            break
+        value = new
+        q = _polar(mean_cross + alpha * (factor_a @ (u @ vh) @ factor_b.mT).sum(dim=0))
+    return max(new, value), q
+
+
+def _pad_units(a: Gaussians, b: Gaussians) -> tuple[Gaussians, Gaussians]:
+    """Zero-pad the narrower stochastic representation to the wider one's number of units."""
+    n = max(a[0].shape[1], b[0].shape[1])
+
+    def pad(means: torch.Tensor, factors: torch.Tensor) -> Gaussians:
+        extra = n - means.shape[1]
+        return torch.nn.functional.pad(means, (0, extra)), torch.nn.functional.pad(factors, (0, 0, 0, extra))
+
+    return pad(*a), pad(*b)
+
+
+def _polar(matrix: torch.Tensor) -> torch.Tensor:
+    """The orthogonal polar factor U Vᵀ of `matrix` (batched): the Procrustes maximiser of tr(Qᵀ M)."""
+    u, _, vh = torch.linalg.svd(matrix)
+    return u @ vh
+
+
+# ---- the stable user API ----------------------------------------------------------------------------------
+
+
+def distance(
+    X: object, Y: object, metric: Metric = "linear", alpha: float = 1.0, score: Score = "angular", center: bool = True,
+) -> float:
+    """The shape distance between two representations of the same stimuli (any widths)."""
+    engine = ShapeMetric(metric, alpha, score, center)
+    a, b = engine.prepare(X, "X"), engine.prepare(Y, "Y")
+    _check_stimuli([X, Y], ["X", "Y"], engine.metric)
+    return float(engine.distances([a], [b])[0])
+
+
+def pairwise(
+    reps: Sequence[object], metric: Metric = "linear", alpha: float = 1.0, score: Score = "angular",
+    center: bool = True, device: str | torch.device | None = None, names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """All pairwise distances of `reps` (m × n_i arrays, equal m, any widths) as a symmetric N × N array."""
+    names = list(names) if names is not None else [f"reps[{i}]" for i in range(len(reps))]
+    engine = ShapeMetric(metric, alpha, score, center, device)
+    _check_stimuli(reps, names, engine.metric)
+    prepared = [engine.prepare(rep, name) for rep, name in zip(reps, names, strict=True)]
+    upper = np.triu_indices(len(prepared), k=1)
+    out = np.zeros((len(prepared), len(prepared)))
+    out[upper] = engine.distances(prepared, prepared, upper)
+    return out + out.T
+
+
+def _check_stimuli(reps: Sequence[object], names: Sequence[str], metric: str) -> None:
+    counts = [np.shape(rep)[0] if np.ndim(rep) else 0 for rep in reps]
+    if len(set(counts)) > 1:
+        first = counts[0]
+        odd = next(i for i, count in enumerate(counts) if count != first)
+        raise SurveyError(f"representation {names[odd]} has {counts[odd]} stimuli but {names[0]} has {first}; "
+                          f"compare representations of the same stimulus set ({INPUT_LAYOUT[metric]})")

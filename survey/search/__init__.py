@@ -1,0 +1,1 @@
+"""Embedding spaces, nearest-representation search and the HTTP API."""
