@@ -111,6 +111,15 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
                round(avg(distance) FILTER (WHERE depth >= 1/3 AND depth < 2/3), 3) AS middle_layers,
                round(avg(distance) FILTER (WHERE depth >= 2/3), 3) AS late_layers
         FROM pairs GROUP BY ALL ORDER BY metric, alpha, area""")
+    _print_query(connection, "tuning-landscape topology by network depth and by recorded area", """
+        SELECT CASE WHEN r.source_kind = 'session' THEN 'area ' || r.layer_or_area
+                    WHEN r.depth < 1/3 THEN 'layers, early' WHEN r.depth < 2/3 THEN 'layers, middle'
+                    ELSE 'layers, late' END AS "group",
+               count(*) AS maps, round(avg(t.auc_loop), 3) AS loops_auc, round(avg(t.auc_line), 3) AS lines_auc,
+               round(avg(t.single_branch_level), 3) AS single_branch_level,
+               round(avg(t.reliability_agreement), 3) AS split_half_agreement
+        FROM topology t JOIN representations r USING (rep_id) WHERE NOT t.constant
+        GROUP BY ALL ORDER BY min(r.source_kind), min(r.depth)""")
     console.print(
         "\nNext: query the catalogs with SQL, e.g.\n"
         f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"

@@ -13,7 +13,7 @@ from survey.metrics.shape import ShapeMetric
 from survey.sources.zoo import TrainConfig
 from survey.stimuli import StimulusSpec
 
-STAGE_ORDER = ("stimuli", "networks", "sessions", "activations", "distances")
+STAGE_ORDER = ("stimuli", "networks", "sessions", "activations", "distances", "topology")
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
@@ -130,6 +130,15 @@ class DistancesConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class TopologyConfig(_Strict):
+    """Level-set topology of every unit's and neuron's tuning map over the tuning grids (DESIGN §5.3)."""
+
+    stimuli: tuple[str, ...] | None = None  # tuning-grid names; None: every tuning grid in the catalog
+    n_levels: int = Field(21, ge=2)
+    n_splits: int = Field(10, ge=1)  # split halves of the repeats, for recorded neurons' reliability
+    smooth: bool = True  # recorded neurons: smooth each map at its noise level before counting
+
+
 class SurveyConfig(_Strict):
     """A whole survey; each section configures one stage, and `stages` picks which run."""
 
@@ -141,6 +150,7 @@ class SurveyConfig(_Strict):
     sessions: SessionsConfig | None = None
     activations: ActivationsConfig = ActivationsConfig()
     distances: DistancesConfig | None = None
+    topology: TopologyConfig | None = None
     stages: tuple[Literal[STAGE_ORDER], ...] = STAGE_ORDER  # type: ignore[valid-type]
 
     @model_validator(mode="after")

@@ -23,13 +23,16 @@ TINY = {
         "objectives": ["supervised", "untrained"],
         "train": {"steps": 8, "batch_size": 16, "probe_steps": 5, "n_train_per_class": 8, "n_test_per_class": 4},
     },
-    "sessions": {"synthetic": {"n": 2, "subjects": 2, "units_per_area": 4, "repeats": 2, "stimuli": ["natural"]}},
+    "sessions": {
+        "synthetic": {"n": 2, "subjects": 2, "units_per_area": 4, "repeats": 3, "stimuli": ["natural", "grid"]},
+    },
     "activations": {"stimuli": ["natural", "grid"], "batch_size": 16},
     "distances": {
         "stimuli": ["natural"], "tile_size": 5,
         "metrics": [{"metric": "linear", "alpha": 0.5}, {"metric": "permutation", "score": "euclidean"},
                     {"metric": "stochastic"}, {"metric": "conv"}],
     },
+    "topology": {"n_levels": 11, "n_splits": 4},
 }
 
 

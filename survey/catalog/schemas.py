@@ -87,6 +87,28 @@ SHAPE_DISTANCES = _schema(  # hive-partitioned by metric: shape_distances/metric
     pa.field("distance", pa.float64(), nullable=False),
 )
 
+_LEVELS_INT = pa.list_(pa.int32())  # one entry per level, lowest level first
+TOPOLOGY = _schema(
+    pa.field("rep_id", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),  # column of the representation (conv: channel at the centre)
+    pa.field("grid_id", pa.string(), nullable=False),  # stimset_id of the tuning grid
+    pa.field("source_kind", pa.string(), nullable=False),
+    pa.field("n_levels", pa.int32(), nullable=False),
+    pa.field("n_loop", _LEVELS_INT, nullable=False),  # closed iso-contours per level
+    pa.field("n_line", _LEVELS_INT, nullable=False),  # open iso-contours per level
+    pa.field("betti0", _LEVELS_INT, nullable=False),
+    pa.field("betti1", _LEVELS_INT, nullable=False),
+    pa.field("euler", _LEVELS_INT, nullable=False),
+    pa.field("isotropy", pa.list_(pa.float64()), nullable=False),  # max/min contour distance to the peak; NaN: open
+    pa.field("constant", pa.bool_(), nullable=False),  # flat map: counts 0, summaries NULL
+    pa.field("auc_loop", pa.float64()),
+    pa.field("auc_line", pa.float64()),
+    pa.field("single_branch_level", pa.float64()),
+    pa.field("smoothing_sigma", pa.float64()),  # sessions: Gaussian width (grid steps) chosen from the SEM
+    pa.field("reliability_correlation", pa.float64()),  # sessions: split-half signature correlation
+    pa.field("reliability_agreement", pa.float64()),  # sessions: split-half share of equal counts
+)
+
 RUNS = _schema(
     pa.field("stage", pa.string(), nullable=False),
     pa.field("config", pa.string(), nullable=False),  # JSON of the stage's part of the survey config
@@ -106,6 +128,7 @@ TABLES: dict[str, pa.Schema] = {
     "sessions": SESSIONS,
     "representations": REPRESENTATIONS,
     "shape_distances": SHAPE_DISTANCES,
+    "topology": TOPOLOGY,
     "runs": RUNS,
 }
 

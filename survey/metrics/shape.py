@@ -19,6 +19,7 @@ float64, with PyTorch on the GPU when there is one.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -361,9 +362,21 @@ def pairwise(
 
 
 def _check_stimuli(reps: Sequence[object], names: Sequence[str], metric: str) -> None:
+    """Every representation must have the same stimuli (and, for conv maps, the same height × width); the one
+    that differs from the most common value is named (not merely the first that differs from reps[0])."""
     counts = [np.shape(rep)[0] if np.ndim(rep) else 0 for rep in reps]
-    if len(set(counts)) > 1:
-        first = counts[0]
-        odd = next(i for i, count in enumerate(counts) if count != first)
-        raise SurveyError(f"representation {names[odd]} has {counts[odd]} stimuli but {names[0]} has {first}; "
-                          f"compare representations of the same stimulus set ({INPUT_LAYOUT[metric]})")
+    layout = INPUT_LAYOUT[metric]
+    _name_odd_one(counts, names, "stimuli", f"compare representations of the same stimulus set ({layout})")
+    if metric == "conv":  # maps of the wrong ndim are reported by `prepare`
+        maps = [i for i, rep in enumerate(reps) if np.ndim(rep) == 4]
+        sizes = [tuple(np.shape(reps[i])[2:]) for i in maps]
+        _name_odd_one(sizes, [names[i] for i in maps], "height × width", "pool all maps to one height × width first")
+
+
+def _name_odd_one(values: Sequence[object], names: Sequence[str], what: str, advice: str) -> None:
+    if len(set(values)) > 1:
+        common = Counter(values).most_common(1)[0][0]
+        odd = next(i for i, value in enumerate(values) if value != common)
+        ref = next(i for i, value in enumerate(values) if value == common)
+        raise SurveyError(f"representation {names[odd]} has {values[odd]} {what} but {names[ref]} has {common}; "
+                          f"{advice}")

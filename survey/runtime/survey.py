@@ -20,9 +20,11 @@ from survey.stages.distances import DistancesStage
 from survey.stages.networks import NetworksStage
 from survey.stages.sessions import SessionsStage
 from survey.stages.stimuli import StimuliStage
+from survey.stages.topology import TopologyStage
 
 STAGES: dict[str, type[Stage]] = {
-    stage.name: stage for stage in (StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage)
+    stage.name: stage for stage in (StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage,
+                                         TopologyStage)
 }
 assert tuple(STAGES) == STAGE_ORDER
 
