@@ -27,7 +27,10 @@ app = typer.Typer(help="neurosurvey: survey neural representations of networks a
 zoo_app = typer.Typer(help="The generated model zoo.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Recording sessions (NWB).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+index_app = typer.Typer(help="Embedding spaces (landmark MDS + FAISS) for nearest-representation search.",
+                        no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(index_app, name="index")
 console = Console()
 
 WarehouseOption = Annotated[str, typer.Option(
@@ -120,11 +123,14 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
                round(avg(t.reliability_agreement), 3) AS split_half_agreement
         FROM topology t JOIN representations r USING (rep_id) WHERE NOT t.constant
         GROUP BY ALL ORDER BY min(r.source_kind), min(r.depth)""")
+    _print_nearest_networks(Warehouse(warehouse))
     console.print(
         "\nNext: query the catalogs with SQL, e.g.\n"
         f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"
         f"  survey sql -w {warehouse} \"SELECT name, objective, test_accuracy FROM networks ORDER BY 3 DESC LIMIT 5\"\n"
         f"  survey sql -w {warehouse} --format csv \"SELECT * FROM sessions\"\n"
+        f"  survey search -w {warehouse} REP_ID -k 10 --where \"n.objective = 'supervised'\"\n"
+        f"  survey serve -w {warehouse}   # the search API on http://127.0.0.1:8000/docs\n"
         "Tables and columns: catalogs/README.md. Run your own survey: survey run jobs/configs/small.yaml",
         soft_wrap=True,
     )
@@ -165,6 +171,89 @@ def distances(
     except ValidationError as err:
         raise SurveyError(f"--metric: {one_line(err.errors()[0]['msg'])}") from None
     execute(with_executor(config, executor), warehouse)
+
+
+class IndexKind(StrEnum):
+    flat = "flat"
+    hnsw = "hnsw"
+
+
+@index_app.command("build")
+def index_build(
+    metric: Annotated[str, typer.Option("--metric", "-m", help="metric[:alpha][:score], distances stored.")] = "linear",
+    stimset: Annotated[str, typer.Option(help="Stimulus-set name.")] = "natural",
+    dim: Annotated[int, typer.Option(help="Embedding dimensions.")] = 16,
+    landmarks: Annotated[int, typer.Option(help="Landmarks for out-of-sample queries.")] = 64,
+    kind: Annotated[IndexKind, typer.Option(help="flat (exact) or hnsw.")] = IndexKind.flat,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+) -> None:
+    """Embed one stimulus set's representations under one metric and index them (a new space version)."""
+    import uuid
+
+    from survey.config import DistanceMetric
+    from survey.search.space import build_space
+    from survey.stages import RunInfo
+
+    store = Warehouse(warehouse)
+    store.ensure_writable()
+    try:
+        chosen = DistanceMetric(**parse_metric(metric))
+    except ValidationError as err:
+        raise SurveyError(f"--metric: {one_line(err.errors()[0]['msg'])}") from None
+    row = build_space(store, chosen, stimset, RunInfo(uuid.uuid4().hex[:16]), dim, landmarks, kind.value)
+    _print_table(["space_id", "name", "n_items", "dim", "n_landmarks", "mds_stress", "negative_mass", "stress"],
+                 [row], title="space")
+
+
+@index_app.command("ls")
+def index_ls(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
+    """List the embedding spaces."""
+    from survey.search.space import SearchService
+
+    columns = ["space_id", "name", "n_items", "dim", "index_kind", "negative_mass", "stress", "created"]
+    _print_table(columns, SearchService(Warehouse(warehouse)).spaces())
+
+
+@app.command()
+def search(
+    rep_id: Annotated[str, typer.Argument(help="A representation id in the catalog.")],
+    k: Annotated[int, typer.Option("-k", help="Neighbours to return.")] = 10,
+    space: Annotated[str | None, typer.Option(help="Space id (default: the newest of the rep's stimulus set).")] = None,
+    where: Annotated[str | None, typer.Option(
+        help="SQL condition on representations r / networks n / sessions s, e.g. \"r.layer_or_area = 'IT'\".",
+    )] = None,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+) -> None:
+    """The k nearest representations to REP_ID: FAISS shortlist, exact rerank."""
+    from survey.search.space import SearchService
+
+    store = Warehouse(warehouse)
+    service = SearchService(store)
+    keep = None
+    if where:
+        try:
+            keep = {row[0] for row in connect(store).execute(
+                "SELECT r.rep_id FROM representations r LEFT JOIN networks n ON r.source_id = n.network_id "
+                f"LEFT JOIN sessions s ON r.source_id = s.session_id WHERE {where}").fetchall()}
+        except duckdb.Error as err:
+            raise SurveyError(f"--where: {one_line(err, 300)}; write a SQL condition over r, n and s") from None
+    results = service.neighbors(rep_id, k, space, keep)
+    _print_table(["rank", "rep_id", "distance", "exact", "source_name", "layer_or_area", "objective"], [
+        {"rank": i + 1, "rep_id": n.rep_id, "distance": f"{n.distance:.4f}", "exact": n.exact, **n.metadata}
+        for i, n in enumerate(results)
+    ], title=f"nearest to {rep_id}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: int = 8000,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+) -> None:
+    """Serve the search API (FastAPI under uvicorn); OpenAPI docs at /docs."""
+    from survey.search.api import serve as serve_api
+
+    serve_api(Warehouse(warehouse).uri, host, port)
 
 
 @app.command()
@@ -271,6 +360,27 @@ def submit(
     status = submit_survey(config, warehouse, address, follow=wait, working_dir=working_dir)
     if status not in ("SUCCEEDED", "PENDING", "RUNNING"):
         raise SurveyError(f"Ray job ended {status}; read its logs with `ray job logs` on {address}")
+
+
+def _print_nearest_networks(store: Warehouse, area: str = "IT", stimset: str = "natural") -> None:
+    """Build (or reuse) the linear alpha=1 space of `stimset` and print the five networks nearest to one area."""
+    import uuid
+
+    from survey.config import DistanceMetric
+    from survey.search.space import SearchService, build_space
+    from survey.stages import RunInfo
+
+    space = build_space(store, DistanceMetric(), stimset, RunInfo(uuid.uuid4().hex[:16]))
+    service = SearchService(store)
+    recorded = sorted(rep for rep, row in service.metadata.items() if row["area"] == area
+                      and row["stimset_id"] == space["stimset_id"])
+    neighbours = service.neighbors(recorded[0], 5, space["space_id"], service.matching(source_kind="network"))
+    _print_table(["rank", "network", "layer", "objective", "distance", "exact"], [
+        {"rank": i + 1, "network": n.metadata["source_name"], "layer": n.metadata["layer_or_area"],
+         "objective": n.metadata["objective"], "distance": f"{n.distance:.3f}", "exact": n.exact}
+        for i, n in enumerate(neighbours)
+    ], title=f"five networks nearest to {area} of {service.metadata[recorded[0]]['source_name']} "
+             f"({space['name']}, space {space['space_id']})")
 
 
 def _print_query(connection: duckdb.DuckDBPyConnection, title: str, query: str) -> None:

@@ -91,7 +91,8 @@ def _spectrum_summary(eigenvalues: np.ndarray, n_components: int) -> tuple[float
     return negative_mass, explained, n_positive
 
 
-def _kruskal_stress(matrix: np.ndarray, vectors: np.ndarray) -> float:
+def kruskal_stress(matrix: np.ndarray, vectors: np.ndarray) -> float:
+    """Kruskal stress-1 between the distances of `matrix` and those of `vectors`, over pairs i < j."""
     given = squareform(matrix, checks=False)
     if given.size == 0 or not given.any():
         return 0.0
@@ -110,7 +111,7 @@ def _classical(matrix: np.ndarray, n_components: int) -> Embedding:
     signs = np.sign(kept[np.abs(kept).argmax(axis=0), np.arange(n_positive)])
     vectors = np.zeros((matrix.shape[0], n_components))
     vectors[:, :n_positive] = kept * signs * np.sqrt(eigenvalues[:n_positive])
-    return Embedding(vectors, eigenvalues, _kruskal_stress(matrix, vectors), negative_mass, explained, n_positive)
+    return Embedding(vectors, eigenvalues, kruskal_stress(matrix, vectors), negative_mass, explained, n_positive)
 
 
 def classical_mds(distances: np.ndarray, n_components: int) -> Embedding:

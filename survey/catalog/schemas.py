@@ -109,6 +109,34 @@ TOPOLOGY = _schema(
     pa.field("reliability_agreement", pa.float64()),  # sessions: split-half share of equal counts
 )
 
+SPACES = _schema(  # one row per embedding space version; its files live under arrays/spaces/<space_id>/
+    pa.field("space_id", pa.string(), nullable=False),
+    pa.field("name", pa.string(), nullable=False),  # e.g. "linear alpha=1 angular · natural"
+    pa.field("stimset_id", pa.string(), nullable=False),
+    pa.field("metric", pa.string(), nullable=False),
+    pa.field("alpha", pa.float64(), nullable=False),
+    pa.field("score_method", pa.string(), nullable=False),
+    pa.field("center", pa.bool_(), nullable=False),
+    pa.field("conv_size", pa.int32()),
+    pa.field("n_items", pa.int32(), nullable=False),
+    pa.field("dim", pa.int32(), nullable=False),
+    pa.field("n_landmarks", pa.int32(), nullable=False),
+    pa.field("index_kind", pa.string(), nullable=False),  # flat | hnsw
+    pa.field("mds_stress", pa.float64(), nullable=False),  # classical MDS of the full matrix: Kruskal stress-1
+    pa.field("negative_mass", pa.float64(), nullable=False),  # share of negative eigenvalue mass (non-Euclidean)
+    pa.field("stress", pa.float64(), nullable=False),  # of the stored (landmark MDS) vectors
+    pa.field("uri", pa.string(), nullable=False),  # the space's folder: index.faiss, embedder.npz
+    pa.field("created", pa.timestamp("ms", tz="UTC"), nullable=False),
+)
+
+EMBEDDINGS = _schema(
+    pa.field("space_id", pa.string(), nullable=False),
+    pa.field("rep_id", pa.string(), nullable=False),
+    pa.field("item", pa.int64(), nullable=False),  # the id in the space's FAISS index
+    pa.field("is_landmark", pa.bool_(), nullable=False),
+    pa.field("vector", pa.list_(pa.float32()), nullable=False),  # `dim` floats (fixed per space)
+)
+
 RUNS = _schema(
     pa.field("stage", pa.string(), nullable=False),
     pa.field("config", pa.string(), nullable=False),  # JSON of the stage's part of the survey config
@@ -129,6 +157,8 @@ TABLES: dict[str, pa.Schema] = {
     "representations": REPRESENTATIONS,
     "shape_distances": SHAPE_DISTANCES,
     "topology": TOPOLOGY,
+    "spaces": SPACES,
+    "embeddings": EMBEDDINGS,
     "runs": RUNS,
 }
 

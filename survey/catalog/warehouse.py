@@ -152,6 +152,16 @@ class Warehouse:
             self._stage_and_move(path, copy)
         return self._prefix + path
 
+    def put_bytes(self, relative_path: str, data: bytes) -> str:
+        """Write `data` at ``<root>/<relative_path>`` (staged, then renamed); returns its uri."""
+        path = f"{self.root}/{relative_path}"
+        self._stage_and_move(path, lambda stream: stream.write(data))
+        return self._prefix + path
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.fs.open_input_stream(self._path(uri)) as stream:
+            return stream.read()
+
     def load_array(self, uri: str) -> np.ndarray:
         if self.is_local:
             return np.load(self._path(uri), allow_pickle=False)

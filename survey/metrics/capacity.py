@@ -28,7 +28,7 @@ ENERGY = 0.95  # maxK = 11 + number of leading singular values of the centers ho
 
 @dataclass(frozen=True)
 class CapacityResult:
-    """Per-manifold capacity α_μ, radius R_μ and dimension D_μ, and their aggregates (DESIGN §5.2 step 5).
+    """Per-manifold capacity α_μ, radius R_M and dimension D_M, and their aggregates (DESIGN §5.2 step 5).
 
     `capacity` = 1 / mean(1/α_μ); `radius`, `dimension` are means. `center_correlation` is ρ₀, the mean
     |cos| between centers before any removal; `K` is the number of center directions removed.
@@ -97,7 +97,8 @@ def manifold_capacity(
 def center_structure(xs: list[np.ndarray], seed: int = 0) -> tuple[np.ndarray, np.ndarray, float, int]:
     """DESIGN §5.2 steps 1–2 on checked manifolds: global mean x̄ (N × 1), removed center subspace (N × K), ρ₀, K.
 
-    Centers minus their mean are expressed in an orthonormal basis q of their span (Y, P × rank); ρ₀ is their
+    Centers minus their mean are expressed in an orthonormal basis q of their span (Y = coordinates, P × rank;
+    the left singular vectors above rounding, so that exactly low-rank centers keep a well-posed L); ρ₀ is their
     mean |cos|; the removed subspace is q V with V from the low-rank center-correlation removal (Cohen et al.
     2020), whose restarts are seeded by `seed`.
     """
@@ -109,8 +110,9 @@ def center_structure(xs: list[np.ndarray], seed: int = 0) -> tuple[np.ndarray, n
         mu = int(norms.argmin())
         raise SurveyError(f"manifold {mu}'s center equals the mean of all centers, so its center direction is "
                           "undefined; drop that manifold or pass manifolds with distinct centers")
-    rank = min(centers.shape[0], len(xs) - 1)
-    q = np.linalg.qr(centered, mode="reduced")[0][:, :rank]
+    q, singular, _ = np.linalg.svd(centered, full_matrices=False)
+    rank = int(np.sum(singular > max(centered.shape) * np.finfo(np.float64).eps * singular[0]))
+    q = q[:, :rank]
     y = centered.T @ q  # P × rank
     v, k = _center_correlation_subspace(y, np.random.default_rng([seed, 0]))
     return origin, q @ v, mean_abs_cosine(y), k
@@ -179,7 +181,7 @@ def _center_correlation_subspace(y: np.ndarray, rng: np.random.Generator) -> tup
 
     For K = 1 … maxK, minimise L(V) on the Stiefel manifold from N_RESTARTS starts (the previous solution plus
     one random center direction), keep the most stable solution, and record res_K; stop once res_K has risen
-    three times in a row (K ≥ 5). K* = argmin res_K; K = 0 when there is no room (P = 2 or N = 1).
+    three times in a row (K ≥ 5). K* = argmin res_K; K ≤ rank − 1 (≤ P − 2), so K = 0 when P = 2 or N = 1.
     """
     n_centers, rank = y.shape
     energy = np.cumsum(np.linalg.svd(y, compute_uv=False) ** 2)
@@ -381,7 +383,7 @@ def _lawson_hanson(
     """Batched Lawson–Hanson on min ½xᵀHx − fᵀx, x ≥ 0, problem i with H = gram[owner[i]], f = rhs[i].
 
     `owner` must be sorted. Finished problems drop out of the batch. Returns x and a mask of the problems
-    that stalled, met a singular passive set or ran out of iterations (the caller re-solves those exactly).
+    that would cycle, met a singular passive set or ran out of iterations (the caller re-solves those exactly).
     """
     n_problems, k = rhs.shape
     x = torch.zeros_like(rhs)
@@ -398,8 +400,10 @@ def _lawson_hanson(
         entering = torch.where(candidates, w, -torch.inf).argmax(dim=1)
         passive[alive, entering] = True
         sub = alive
-        for _ in range(k):
+        for inner in range(k):
             z, singular = _solve_passive(gram, rhs, owner, passive, sub)
+            if inner == 0:  # the entering variable must come in positive, else LH cycles (rounding): re-solve
+                singular |= z.gather(1, entering[:, None])[:, 0] <= 0
             failed[sub[singular]] = True
             negative = passive[sub] & (z <= 0) & ~singular[:, None]
             bad = negative.any(dim=1)
@@ -415,9 +419,7 @@ def _lawson_hanson(
             xs[torch.arange(len(sub), device=xs.device), leaving] = 0.0
             x[sub] = xs
             passive[sub] &= xs > 0
-        keep = passive[alive, entering] & ~failed[alive]  # an entering variable dropped at once: stalled
-        failed[alive[~keep]] = True
-        alive = alive[keep]
+        alive = alive[~failed[alive]]
         w = rhs[alive] - _gram_times(gram, owner[alive], x[alive])
     failed[alive] = True  # out of iterations
     x[failed] = 0.0
@@ -446,8 +448,9 @@ def _solve_passive(
     chol[singular] = eye
     zp = torch.cholesky_solve(f[:, :, None], chol)[:, :, 0]
     singular |= ~torch.isfinite(zp).all(dim=1)
-    zp = torch.where(valid & ~singular[:, None], zp, 0.0)
-    return torch.zeros_like(f[:, :1]).expand_as(mask).clone().scatter_(1, order, zp), singular
+    zp = torch.where(singular[:, None], 0.0, zp)
+    z = torch.zeros(len(sub), mask.shape[1] + 1, dtype=zp.dtype, device=zp.device)  # + a sink for the padding
+    return z.scatter_(1, torch.where(valid, order, mask.shape[1]), zp)[:, :-1], singular
 
 
 def _gram_times(gram: torch.Tensor, owner: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
