@@ -114,6 +114,16 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
                round(avg(distance) FILTER (WHERE depth >= 1/3 AND depth < 2/3), 3) AS middle_layers,
                round(avg(distance) FILTER (WHERE depth >= 2/3), 3) AS late_layers
         FROM pairs GROUP BY ALL ORDER BY metric, alpha, area""")
+    _print_query(connection, "object-manifold geometry by network depth and by recorded area", """
+        SELECT CASE WHEN r.source_kind = 'session' THEN 'area ' || r.layer_or_area
+                    WHEN r.depth < 1/3 THEN 'layers, early' WHEN r.depth < 2/3 THEN 'layers, middle'
+                    ELSE 'layers, late' END AS "group",
+               count(*) AS reps, round(avg(c.capacity), 3) AS capacity,
+               round(avg(c.simulated_capacity), 3) AS simulated, round(avg(c.radius), 3) AS radius,
+               round(avg(c.dimension), 2) AS dimension, round(avg(a.center_alignment), 3) AS center_align,
+               round(avg(a.decodability), 3) AS decoding
+        FROM capacity c JOIN alignment a USING (rep_id, manifold_set) JOIN representations r USING (rep_id)
+        WHERE c.status = 'ok' GROUP BY ALL ORDER BY min(r.source_kind), min(r.depth)""")
     _print_query(connection, "tuning-landscape topology by network depth and by recorded area", """
         SELECT CASE WHEN r.source_kind = 'session' THEN 'area ' || r.layer_or_area
                     WHEN r.depth < 1/3 THEN 'layers, early' WHEN r.depth < 2/3 THEN 'layers, middle'

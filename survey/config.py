@@ -13,7 +13,7 @@ from survey.metrics.shape import ShapeMetric
 from survey.sources.zoo import TrainConfig
 from survey.stimuli import StimulusSpec
 
-STAGE_ORDER = ("stimuli", "networks", "sessions", "activations", "distances", "topology")
+STAGE_ORDER = ("stimuli", "networks", "sessions", "activations", "distances", "capacity", "topology")
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
@@ -130,6 +130,17 @@ class DistancesConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class CapacityConfig(_Strict):
+    """Manifold capacity, geometry, alignment and decodability per representation (DESIGN §5.2)."""
+
+    stimuli: tuple[str, ...] | None = None  # manifold sets (stimulus labels = manifolds); None: object manifolds
+    kappa: float = Field(0.0, ge=0)
+    n_t: int = Field(200, ge=1)
+    simulate: bool = True  # also the simulated capacity (bisection on random projections)
+    n_reps: int = Field(5, ge=1)  # dichotomies per simulation
+    seed: int = 0
+
+
 class TopologyConfig(_Strict):
     """Level-set topology of every unit's and neuron's tuning map over the tuning grids (DESIGN §5.3)."""
 
@@ -150,6 +161,7 @@ class SurveyConfig(_Strict):
     sessions: SessionsConfig | None = None
     activations: ActivationsConfig = ActivationsConfig()
     distances: DistancesConfig | None = None
+    capacity: CapacityConfig | None = None
     topology: TopologyConfig | None = None
     stages: tuple[Literal[STAGE_ORDER], ...] = STAGE_ORDER  # type: ignore[valid-type]
 

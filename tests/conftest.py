@@ -32,6 +32,7 @@ TINY = {
         "metrics": [{"metric": "linear", "alpha": 0.5}, {"metric": "permutation", "score": "euclidean"},
                     {"metric": "stochastic"}, {"metric": "conv"}],
     },
+    "capacity": {"stimuli": ["natural"], "n_t": 50, "n_reps": 2},
     "topology": {"n_levels": 11, "n_splits": 4},
 }
 

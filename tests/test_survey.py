@@ -40,6 +40,7 @@ def catalog_fingerprint(warehouse: Warehouse) -> dict[str, list]:
         "representations": "SELECT rep_id, content_hash, n_stimuli, n_units FROM representations",
         "shape_distances": "SELECT rep_a, rep_b, metric, alpha, score_method, round(distance, 9) FROM shape_distances",
         "topology": "SELECT rep_id, unit, n_loop, n_line, betti0, betti1 FROM topology",
+        "capacity": "SELECT rep_id, round(capacity, 9), K, status FROM capacity",
     }
     return {table: sorted(_count(warehouse, query)) for table, query in queries.items()}
 
@@ -55,12 +56,12 @@ def test_tiny_survey_fills_every_table_and_resumes_without_duplicates(tmp_path, 
     assert counts["sessions"] == 2
     # every network layer × 2 stimulus sets, plus 2 sessions × 3 areas × 2 stimulus sets
     assert counts["representations"] == 2 * layers + 2 * 3 * 2
-    assert counts["runs"] == 6
+    assert counts["runs"] == 7
     by_kind = dict(_count(warehouse, "SELECT source_kind, count(*) FROM representations GROUP BY 1"))
     assert by_kind == {"network": 2 * layers, "session": 12}
 
     second = run_survey(tiny_config, warehouse, progress=False)
-    assert [r.units_run for r in second] == [0] * 6
+    assert [r.units_run for r in second] == [0] * 7
     assert table_counts(warehouse) == counts  # not even a `runs` row
 
 

@@ -87,6 +87,37 @@ SHAPE_DISTANCES = _schema(  # hive-partitioned by metric: shape_distances/metric
     pa.field("distance", pa.float64(), nullable=False),
 )
 
+CAPACITY = _schema(  # DESIGN §5.2; NULL estimates with a `status` saying why when the theory cannot apply
+    pa.field("rep_id", pa.string(), nullable=False),
+    pa.field("manifold_set", pa.string(), nullable=False),  # stimset_id; one manifold per stimulus label
+    pa.field("source_kind", pa.string(), nullable=False),
+    pa.field("n_manifolds", pa.int32(), nullable=False),  # P
+    pa.field("n_points", pa.int32(), nullable=False),  # points per manifold (smallest)
+    pa.field("n_features", pa.int32(), nullable=False),  # N
+    pa.field("kappa", pa.float64(), nullable=False),
+    pa.field("n_t", pa.int32(), nullable=False),
+    pa.field("capacity", pa.float64()),  # α = 1 / mean(1/α_μ)
+    pa.field("radius", pa.float64()),
+    pa.field("dimension", pa.float64()),
+    pa.field("center_correlation", pa.float64()),  # ρ₀
+    pa.field("K", pa.int32()),  # center directions removed
+    pa.field("capacities", pa.list_(pa.float64())),  # per manifold, in label order
+    pa.field("radii", pa.list_(pa.float64())),
+    pa.field("dimensions", pa.list_(pa.float64())),
+    pa.field("simulated_capacity", pa.float64()),  # P / N_c by bisection; NULL if not run or not separable
+    pa.field("status", pa.string(), nullable=False),  # ok, or the one-line reason the estimates are NULL
+)
+
+ALIGNMENT = _schema(
+    pa.field("rep_id", pa.string(), nullable=False),
+    pa.field("manifold_set", pa.string(), nullable=False),
+    pa.field("center_alignment", pa.float64()),  # mean |cos| between manifold centers
+    pa.field("axis_alignment", pa.float64()),  # variance-weighted mean |cos| between principal axes
+    pa.field("center_axis_alignment", pa.float64()),  # mean |cos| between one's center and another's axes
+    pa.field("decodability", pa.float64()),  # held-out accuracy of a linear classifier of the labels
+    pa.field("chance", pa.float64(), nullable=False),  # 1 / P
+)
+
 _LEVELS_INT = pa.list_(pa.int32())  # one entry per level, lowest level first
 TOPOLOGY = _schema(
     pa.field("rep_id", pa.string(), nullable=False),
@@ -156,6 +187,8 @@ TABLES: dict[str, pa.Schema] = {
     "sessions": SESSIONS,
     "representations": REPRESENTATIONS,
     "shape_distances": SHAPE_DISTANCES,
+    "capacity": CAPACITY,
+    "alignment": ALIGNMENT,
     "topology": TOPOLOGY,
     "spaces": SPACES,
     "embeddings": EMBEDDINGS,

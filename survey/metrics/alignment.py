@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from survey.errors import SurveyError
-from survey.metrics.capacity import check_manifolds, mean_abs_cosine
+from survey.metrics.capacity import check_int, check_manifolds, mean_abs_cosine
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,7 @@ def manifold_alignment(manifolds: Sequence[np.ndarray], n_axes: int = 5) -> Alig
     Manifolds without spread (one point, or all points equal) have no axes and are left out of the last two.
     """
     xs = check_manifolds(manifolds)
-    if not isinstance(n_axes, int | np.integer) or n_axes < 1:
-        raise SurveyError(f"n_axes={n_axes!r} must be a positive integer; pass e.g. n_axes=5")
+    check_int("n_axes", n_axes, 1, 5)
     origin = np.concatenate(xs, axis=1).mean(axis=1)
     centers = np.stack([x.mean(axis=1) for x in xs]) - origin  # P × N
     norms = np.linalg.norm(centers, axis=1)
@@ -55,6 +54,7 @@ def manifold_alignment(manifolds: Sequence[np.ndarray], n_axes: int = 5) -> Alig
         raise SurveyError(f"manifold {mu}'s center equals the mean of all points, so its direction is undefined; "
                           "drop that manifold or pass manifolds with distinct centers")
     units = centers / norms[:, None]
+    center_alignment = mean_abs_cosine(centers)
 
     axes, weights, owners = [], [], []
     for mu, x in enumerate(xs):
@@ -66,7 +66,7 @@ def manifold_alignment(manifolds: Sequence[np.ndarray], n_axes: int = 5) -> Alig
             weights.append(variance / variance.sum())
             owners.append(np.full(int(keep.sum()), mu))
     if len(axes) < 2:
-        return AlignmentResult(mean_abs_cosine(centers), float("nan"), float("nan"))
+        return AlignmentResult(center_alignment, float("nan"), float("nan"))
     axes_all, weight, owner = np.concatenate(axes), np.concatenate(weights), np.concatenate(owners)
     with_axes = np.unique(owner)
     # Per pair of manifolds: Σ_kl w_μk w_νl |u_μk·u_νl| via a one-hot owner matrix (manifolds × axes).
@@ -78,7 +78,7 @@ def manifold_alignment(manifolds: Sequence[np.ndarray], n_axes: int = 5) -> Alig
     center_axis = np.abs(units @ axes_all.T) @ onehot.T  # P × manifolds with axes
     other = np.arange(len(xs))[:, None] != with_axes[None, :]
     center_axis_alignment = float(center_axis[other].mean())
-    return AlignmentResult(mean_abs_cosine(centers), axis_alignment, center_axis_alignment)
+    return AlignmentResult(center_alignment, axis_alignment, center_axis_alignment)
 
 
 def decodability(manifolds: Sequence[np.ndarray], n_splits: int = 5, seed: int = 0) -> float:
@@ -88,8 +88,8 @@ def decodability(manifolds: Sequence[np.ndarray], n_splits: int = 5, seed: int =
     `n_splits`-fold cross-validation shuffled with `seed`; chance is about 1/P.
     """
     xs = check_manifolds(manifolds)
-    if not isinstance(n_splits, int | np.integer) or n_splits < 2:
-        raise SurveyError(f"n_splits={n_splits!r} must be an integer ≥ 2; pass e.g. n_splits=5")
+    check_int("n_splits", n_splits, 2, 5)
+    check_int("seed", seed, 0, 0)
     sizes = [x.shape[1] for x in xs]
     if min(sizes) < n_splits:
         mu = int(np.argmin(sizes))

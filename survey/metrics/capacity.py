@@ -9,6 +9,7 @@ computes; the per-sample quadratic programme of that code is solved here as a ba
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from survey.errors import SurveyError
 
 # Center-correlation removal (DESIGN §5.2 step 2).
 N_RESTARTS = 10  # Stiefel restarts per K, as in the reference code
-STIEFEL_MAX_ITER = 200  # per restart; beyond the true rank L is flat and more iterations change res_K by < 1e-3
+STIEFEL_MAX_ITER = 100  # per restart; past the true rank L is flat: more iterations move res_K by < 1e-3, α by < 1e-4
 STIEFEL_GTOL = 1e-6  # stop when ‖Riemannian gradient‖ ≤ GTOL · max(1, L)
 STIEFEL_FTOL = 1e-10  # ... or when an iteration lowers L by less than FTOL · L
 ENERGY = 0.95  # maxK = 11 + number of leading singular values of the centers holding < 95% of their energy
@@ -61,12 +62,11 @@ def manifold_capacity(
     (after the removal) has no defined radius relative to its center and raises SurveyError.
     """
     xs = check_manifolds(manifolds)
-    if not math.isfinite(kappa):
-        raise SurveyError(f"kappa={kappa!r} is not finite; pass a finite margin such as 0.0")
-    if not isinstance(n_t, int | np.integer) or n_t < 1:
-        raise SurveyError(f"n_t={n_t!r} must be a positive integer; pass e.g. n_t=200")
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise SurveyError(f"seed={seed!r} must be a non-negative integer; pass e.g. seed=0")
+    if not isinstance(kappa, numbers.Real) or not math.isfinite(kappa):
+        raise SurveyError(f"kappa={kappa!r} is not a finite number; pass a finite margin such as 0.0")
+    kappa = float(kappa)
+    check_int("n_t", n_t, 1, 200)
+    check_int("seed", seed, 0, 0)
     dims = [min(x.shape[0], x.shape[1]) for x in xs]
     if t_vectors is None:
         rng = np.random.default_rng([seed, 1])
@@ -126,6 +126,12 @@ def mean_abs_cosine(rows: np.ndarray) -> float:
     return float((cosines.sum() - np.trace(cosines)) / (n * (n - 1)))
 
 
+def check_int(name: str, value: object, minimum: int, example: int) -> None:
+    """A one-line SurveyError unless `value` is an integer ≥ `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise SurveyError(f"{name}={value!r} must be an integer ≥ {minimum}; pass e.g. {name}={example}")
+
+
 def check_manifolds(manifolds: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The P ≥ 2 manifolds (N × M_μ each, one N) as finite float64 arrays, or a one-line SurveyError."""
     if isinstance(manifolds, np.ndarray) and manifolds.ndim == 3:
@@ -135,7 +141,10 @@ def check_manifolds(manifolds: Sequence[np.ndarray]) -> list[np.ndarray]:
                           "pass P ≥ 2 manifolds")
     xs = []
     for mu, m in enumerate(manifolds):
-        x = np.asarray(m, dtype=np.float64)
+        try:
+            x = np.asarray(m, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise SurveyError(f"manifold {mu} is not a numeric array ({error}); pass N × M arrays of numbers") from None
         if x.ndim != 2 or x.shape[1] < 1 or x.shape[0] < 1:
             raise SurveyError(f"manifold {mu} has shape {x.shape}; pass a 2-D array N features × M points with "
                               "N ≥ 1 and M ≥ 1")
@@ -354,7 +363,7 @@ def batched_nnls(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Lawson & Hanson (1974, ch. 23) active-set method run on all G·n problems at once with the fixed Gram
     matrices aᵀa (float64); every answer is checked against the KKT conditions and any problem that fails
-    them (or stalls, or meets a singular passive set) is re-solved by scipy.optimize.nnls.
+    them (or would cycle, or meets a singular passive set) is re-solved by scipy.optimize.nnls.
     """
     a, b = a.to(torch.float64), b.to(torch.float64)
     n_groups, n_rows, k = a.shape
@@ -420,6 +429,8 @@ def _lawson_hanson(
             x[sub] = xs
             passive[sub] &= xs > 0
         alive = alive[~failed[alive]]
+        if alive.numel() == 0:
+            break
         w = rhs[alive] - _gram_times(gram, owner[alive], x[alive])
     failed[alive] = True  # out of iterations
     x[failed] = 0.0
@@ -474,8 +485,8 @@ def simulated_capacity(manifolds: Sequence[np.ndarray], n_reps: int = 10, seed: 
     only grows with more projections), with an exact LP feasibility test; N_c is the median over trials.
     """
     xs = check_manifolds(manifolds)
-    if not isinstance(n_reps, int | np.integer) or n_reps < 1:
-        raise SurveyError(f"n_reps={n_reps!r} must be a positive integer; pass e.g. n_reps=10")
+    check_int("n_reps", n_reps, 1, 10)
+    check_int("seed", seed, 0, 0)
     points = np.concatenate(xs, axis=1)
     points = points - points.mean(axis=1, keepdims=True)
     points /= max(float(np.sqrt(np.mean(np.sum(points**2, axis=0)))), 1e-300)

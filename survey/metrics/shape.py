@@ -39,10 +39,13 @@ INPUT_LAYOUT = {
     "linear": "stimuli × units", "permutation": "stimuli × units", "cka": "stimuli × units",
     "stochastic": "stimuli × repeats × units", "conv": "stimuli × channels × height × width",
 }
+MAX_MAGNITUDE = 1e100  # larger |values| overflow float64 SVDs, smaller non-zero scales underflow them
 EIGENVALUE_FLOOR = 1e-7  # eigenvalues of XᵀX are clipped here before whitening (DESIGN §5.1)
 BLOCK_BYTES = 1 << 28  # memory for one block of cross products
 STOCHASTIC_MAX_ITER = 2000
-STOCHASTIC_HEAT_ITER = 25  # steps each start takes before the best one goes on
+STOCHASTIC_HEAT_ITER = 30  # steps each start takes before the best ones go on
+STOCHASTIC_RANDOM_STARTS = 16  # fixed pseudo-random rotations added to the three informed starts
+STOCHASTIC_KEEP = 4  # starts followed to convergence
 STOCHASTIC_TOL = 1e-12
 Gaussians = tuple[torch.Tensor, torch.Tensor]  # per-stimulus means (m × n) and covariance factors (m × n × k)
 
@@ -70,10 +73,14 @@ def check_representation(array: object, name: str, ndim: int = 2, layout: str = 
         raise SurveyError(f"representation {name} is empty (shape {values.shape}); drop it from the survey")
     if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
         raise SurveyError(f"representation {name} has dtype {values.dtype}; pass real numbers")
-    values = values.astype(np.float64, copy=False)
+    values = np.ascontiguousarray(values, dtype=np.float64)  # torch.from_numpy rejects negative strides
     if not np.isfinite(values).all():
         raise SurveyError(f"representation {name} has {int((~np.isfinite(values)).sum())} non-finite values; "
                           "drop or impute NaN/inf responses first")
+    scale = float(np.abs(values).max())
+    if scale > MAX_MAGNITUDE or 0 < scale < 1 / MAX_MAGNITUDE:
+        raise SurveyError(f"representation {name} reaches |{scale:g}|, outside [{1 / MAX_MAGNITUDE:g}, "
+                          f"{MAX_MAGNITUDE:g}] where float64 singular values stay accurate; rescale the responses")
     return values
 
 
@@ -285,35 +292,47 @@ def _stochastic_cross(a: Gaussians, b: Gaussians, alpha: float) -> float:
     """max over orthogonal Q of (2−α) Σ_i μ_iᵀ Q ν_i + α Σ_i ‖L_iᵀ Q K_i‖_* (Duong et al. 2023 eq. 7), where
     Σ_i = L_i L_iᵀ and Ψ_i = K_i K_iᵀ: ‖L_iᵀ Q K_i‖_* = ‖Σ_i^½ Q Ψ_i^½ Qᵀ‖_* is the Bures fidelity term.
 
-    The problem is not concave. Alternating closed-form Procrustes steps (per-stimulus W_i, then the shared Q)
-    increases it monotonically. Three starts (the means' Procrustes solution, the moment-matched one and the
-    identity) each take a few steps; the best one is then followed to convergence.
+    The problem is not concave and has many local maxima once the covariances matter (alpha > 0); a maximum that is
+    missed makes the distance too large and can break the triangle inequality. Alternating closed-form Procrustes
+    steps (per-stimulus W_i, then the shared Q) increase it monotonically. All starts run together as one batch:
+    the means' Procrustes solution, the moment-matched one, the identity and `STOCHASTIC_RANDOM_STARTS` fixed
+    pseudo-random rotations each take `STOCHASTIC_HEAT_ITER` steps; the best `STOCHASTIC_KEEP` go on to
+    convergence and the largest value is returned.
     """
     (mu, factor_a), (nu, factor_b) = _pad_units(a, b)
+    n = mu.shape[1]
     mean_cross = (2.0 - alpha) * mu.mT @ nu  # Σ_i μ_i ν_iᵀ, weighted
+    eye = torch.eye(n, dtype=mu.dtype, device=mu.device)
+    if alpha == 0.0:  # means only: Procrustes in closed form
+        return float(torch.linalg.svdvals(mean_cross).sum())
     moments = (factor_a @ factor_a.mT @ factor_b @ factor_b.mT).sum(dim=0)
-    starts = [mu.mT @ nu, mean_cross + alpha * moments, torch.eye(len(mu.mT), dtype=mu.dtype, device=mu.device)]
-    heats = [_stochastic_ascent(_polar(start), mean_cross, factor_a, factor_b, alpha, STOCHASTIC_HEAT_ITER)
-             for start in starts]
-    best = max(heats, key=lambda heat: heat[0])
-    return _stochastic_ascent(best[1], mean_cross, factor_a, factor_b, alpha, STOCHASTIC_MAX_ITER)[0]
+    generator = torch.Generator().manual_seed(n)
+    random = torch.randn(STOCHASTIC_RANDOM_STARTS, n, n, generator=generator, dtype=mu.dtype).to(mu.device)
+    starts = torch.cat([torch.stack([mu.mT @ nu, mean_cross + alpha * moments, eye]), random])
+    values, q = _stochastic_ascent(_polar(starts), mean_cross, factor_a, factor_b, alpha, STOCHASTIC_HEAT_ITER)
+    best = torch.topk(values, min(STOCHASTIC_KEEP, len(values))).indices
+    values, _ = _stochastic_ascent(q[best], mean_cross, factor_a, factor_b, alpha, STOCHASTIC_MAX_ITER)
+    return float(values.max())
 
 
 def _stochastic_ascent(
     q: torch.Tensor, mean_cross: torch.Tensor, factor_a: torch.Tensor, factor_b: torch.Tensor, alpha: float,
     max_iter: int,
-) -> tuple[float, torch.Tensor]:
-    """Block coordinate ascent from `q`: W_i = polar(L_iᵀ Q K_i), then Q = polar(Σμνᵀ + α Σ_i L_i W_i K_iᵀ).
-    Returns the objective and the last Q."""
-    value = -np.inf
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block coordinate ascent from a batch of rotations `q` (s × n × n): W_i = polar(L_iᵀ Q K_i), then
+    Q = polar(Σμνᵀ + α Σ_i L_i W_i K_iᵀ), until no start improves by more than the tolerance.
+    Returns the objective of every start (s) and the last rotations."""
+    value = torch.full((len(q),), -torch.inf, dtype=q.dtype, device=q.device)
+    left, right = factor_a.mT.unsqueeze(0), factor_b.unsqueeze(0)  # 1 × m × k_a × n, 1 × m × n × k_b
     for _ in range(max_iter):
-        u, s, vh = torch.linalg.svd(factor_a.mT @ q @ factor_b, full_matrices=False)
-        new = float((mean_cross * q).sum() + alpha * s.sum())
-        if new - value <= STOCHASTIC_TOL * max(abs(new), 1.0):
+        u, s, vh = torch.linalg.svd(left @ q.unsqueeze(1) @ right, full_matrices=False)
+        new = (mean_cross * q).sum(dim=(-2, -1)) + alpha * s.sum(dim=(-2, -1))
+        converged = bool(((new - value) <= STOCHASTIC_TOL * new.abs().clamp_min(1.0)).all())
+        value = torch.maximum(new, value)
+        if converged:
             break
-        value = new
-        q = _polar(mean_cross + alpha * (factor_a @ (u @ vh) @ factor_b.mT).sum(dim=0))
-    return max(new, value), q
+        q = _polar(mean_cross + alpha * (left.mT @ (u @ vh) @ right.mT).sum(dim=1))
+    return value, q
 
 
 def _pad_units(a: Gaussians, b: Gaussians) -> tuple[Gaussians, Gaussians]:

@@ -16,6 +16,7 @@ from survey.hashing import canonical_json
 from survey.runtime.executors import Executor, make_executor
 from survey.stages import RunInfo, Stage
 from survey.stages.activations import ActivationsStage
+from survey.stages.capacity import CapacityStage
 from survey.stages.distances import DistancesStage
 from survey.stages.networks import NetworksStage
 from survey.stages.sessions import SessionsStage
@@ -24,7 +25,7 @@ from survey.stages.topology import TopologyStage
 
 STAGES: dict[str, type[Stage]] = {
     stage.name: stage for stage in (StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage,
-                                         TopologyStage)
+                                         CapacityStage, TopologyStage)
 }
 assert tuple(STAGES) == STAGE_ORDER
 

@@ -22,10 +22,10 @@ from survey.config import DistanceMetric
 from survey.embedding import LandmarkMDS, classical_mds, kruskal_stress, maxmin_landmarks
 from survey.errors import SurveyError
 from survey.hashing import content_key
-from survey.metrics.shape import ShapeMetric
+from survey.metrics.shape import INPUT_LAYOUT, INPUT_NDIM, ShapeMetric, check_representation
 from survey.search.index import VectorIndex
 from survey.stages import RunInfo
-from survey.stages.distances import prepared
+from survey.stages.distances import pool_maps, prepared
 
 SPACE_VERSION = 1
 FILTERS = ("source_kind", "area", "family", "objective")  # the metadata a search may filter on
@@ -235,11 +235,15 @@ class SearchService:
         """The k nearest stored representations to an uploaded one (m stimuli × n units of the space's stimulus
         set): exact distances to the landmarks place it by landmark MDS, then FAISS shortlist and exact rerank."""
         space = self.space(space_id)
-        query = space.engine.prepare(array, "upload")
+        metric = space.metric.metric
+        values = check_representation(array, "upload", INPUT_NDIM[metric], INPUT_LAYOUT[metric])
         n_stimuli = self.metadata[space.rep_ids[0]]["n_stimuli"]
-        if np.shape(array)[0] != n_stimuli:
-            raise SurveyError(f"upload has {np.shape(array)[0]} stimuli but space {space.row['space_id']} is over "
+        if len(values) != n_stimuli:
+            raise SurveyError(f"upload has {len(values)} stimuli but space {space.row['space_id']} is over "
                               f"{n_stimuli}; send responses to that stimulus set in its order")
+        if metric == "conv":
+            values = pool_maps(values, space.row["conv_size"])
+        query = space.engine.prepare(values, "upload")
         to_landmarks = self._exact(space, query, [space.rep_ids[i] for i in space.landmarks])
         vector = space.embed(to_landmarks)
         candidates = space.shortlist(vector, k if not rerank else shortlist or max(4 * k, 40), keep, exclude=None)

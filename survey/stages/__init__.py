@@ -7,6 +7,7 @@ table last: a unit is done exactly when that part exists, so a re-run skips it a
 from __future__ import annotations
 
 import contextlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,11 @@ class Stage(ABC):
     @abstractmethod
     def settings(self) -> dict[str, Any]:
         """The part of the config this stage reads (recorded in `runs`)."""
+
+
+def finite_or_none(value: float) -> float | None:
+    """A float for the catalog: NaN and ±inf become NULL."""
+    return float(value) if math.isfinite(value) else None
 
 
 @contextlib.contextmanager

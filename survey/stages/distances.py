@@ -112,10 +112,14 @@ def _prepared_cached(engine_key: tuple, device: str, warehouse_uri: str, uri: st
         raise SurveyError(f"representation {rep_id} has {array.shape[0]} stimuli in {uri} but its catalog row says "
                           f"{n_stimuli}; re-run the activations stage for it")
     if metric == "conv":
-        maps = torch.from_numpy(np.ascontiguousarray(array, np.float32))
-        side = (min(conv_size, maps.shape[2]), min(conv_size, maps.shape[3]))
-        array = torch.nn.functional.adaptive_avg_pool2d(maps, side).numpy()
+        array = pool_maps(array, conv_size)
     return engine.prepare(array, rep_id)
+
+
+def pool_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    """Conv maps (m × C × H × W) average-pooled to at most `size` positions a side (the conv metric's grid)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(maps, np.float64))
+    return torch.nn.functional.adaptive_avg_pool2d(tensor, (min(size, maps.shape[2]), min(size, maps.shape[3]))).numpy()
 
 
 def prepared(engine: ShapeMetric, warehouse_uri: str, rep: dict, conv_size: int | None) -> Prepared:

@@ -74,3 +74,9 @@ def stimset_rows(config: SurveyConfig, warehouse: Warehouse, names: tuple[str, .
 def load_images(warehouse_uri: str, uri: str) -> np.ndarray:
     """The N × 3 × H × W float32 images of a stored stimulus set (cached per process)."""
     return Warehouse(warehouse_uri).load_npz(uri)["images"]
+
+
+@lru_cache(maxsize=4)
+def load_labels(warehouse_uri: str, uri: str) -> np.ndarray:
+    """The N int64 labels of a stored stimulus set (object id, source image, grid index), cached per process."""
+    return Warehouse(warehouse_uri).load_npz(uri)["labels"]

@@ -16,7 +16,7 @@ from survey.catalog import Warehouse
 from survey.errors import SurveyError
 from survey.hashing import content_key
 from survey.metrics.topology import level_isotropy, noise_sigma, signature, signature_reliability, smooth_to_noise
-from survey.stages import RunInfo, Stage, WorkUnit
+from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none
 
 
 def tuning_maps(responses: np.ndarray, side: int) -> np.ndarray:
@@ -82,15 +82,11 @@ class TopologyStage(Stage):
                 "n_line": result.n_line[i].tolist(), "betti0": result.betti0[i].tolist(),
                 "betti1": result.betti1[i].tolist(), "euler": result.euler[i].tolist(),
                 "isotropy": isotropy[i].tolist(), "constant": bool(result.constant[i]),
-                "auc_loop": _finite(result.auc_loop[i]), "auc_line": _finite(result.auc_line[i]),
-                "single_branch_level": _finite(result.single_branch_level[i]),
+                "auc_loop": finite_or_none(result.auc_loop[i]), "auc_line": finite_or_none(result.auc_line[i]),
+                "single_branch_level": finite_or_none(result.single_branch_level[i]),
                 "smoothing_sigma": None if sigma is None else float(sigma[i]),
-                "reliability_correlation": None if correlation is None else _finite(correlation[i]),
+                "reliability_correlation": None if correlation is None else finite_or_none(correlation[i]),
                 "reliability_agreement": None if agreement is None else float(agreement[i]),
                 **info.provenance(),
             })
         return {self.table: warehouse.write_part(self.table, unit.key, rows)}
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None

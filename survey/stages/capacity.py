@@ -1,0 +1,103 @@
+"""Stage `capacity`: manifold capacity and geometry (MFTMA), alignment and decodability → `capacity`, `alignment`.
+
+Every representation of a manifold set is split by stimulus label into P manifolds (N units × M points): the
+objects under their transformations for networks and recorded areas alike (Kuoch et al. 2023). A representation
+the theory cannot handle (e.g. a dead layer) gets NULL estimates and a `status` that says why, so one bad layer
+does not stop a survey of thousands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from survey.catalog import Warehouse
+from survey.errors import SurveyError
+from survey.hashing import content_key
+from survey.metrics.alignment import decodability, manifold_alignment
+from survey.metrics.capacity import manifold_capacity, simulated_capacity
+from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none, torch_threads
+from survey.stages.stimuli import load_labels
+
+
+def split_manifolds(responses: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """n_stimuli × n_units responses → one N × M array per label (features × points), in label order."""
+    return [np.ascontiguousarray(responses[labels == label].T, np.float64) for label in np.unique(labels)]
+
+
+class CapacityStage(Stage):
+    name = "capacity"
+    table = "capacity"
+
+    def settings(self) -> dict[str, Any]:
+        return self.config.capacity.model_dump(mode="json") if self.config.capacity else {}
+
+    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+        settings = self.config.capacity
+        if settings is None:
+            return []
+        sets = {row["stimset_id"]: row for row in warehouse.rows("stimulus_sets")
+                if (row["name"] in settings.stimuli if settings.stimuli else row["kind"] == "object_manifolds")}
+        missing = sorted(set(settings.stimuli or ()) - {row["name"] for row in sets.values()})
+        if missing:
+            raise SurveyError(f"capacity.stimuli {missing} are not in warehouse {warehouse.uri}; name stimulus sets "
+                              "that the stimuli stage generated (their labels define the manifolds)")
+        recipe = settings.model_dump(exclude={"stimuli"})
+        units = []
+        for rep in sorted(warehouse.rows("representations"), key=lambda row: row["rep_id"]):
+            stimset = sets.get(rep["stimset_id"])
+            if stimset is not None:
+                key = content_key("cap", rep["rep_id"], rep["content_hash"], stimset["content_hash"], recipe,
+                                  self.version)
+                units.append(WorkUnit(key, f"{rep['source_name']} {rep['layer_or_area']} × {stimset['name']}",
+                                      {"rep": rep, "stimset_uri": stimset["uri"]}))
+        return units
+
+    def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
+        settings = self.config.capacity
+        rep = unit.payload["rep"]
+        labels = load_labels(warehouse.uri, unit.payload["stimset_uri"])
+        manifolds = split_manifolds(warehouse.load_array(rep["array_uri"]), labels)
+        base = {"rep_id": rep["rep_id"], "manifold_set": rep["stimset_id"], **info.provenance()}
+        with torch_threads(info.threads):
+            geometry = _estimates(manifolds, settings.kappa, settings.n_t, settings.seed)
+            simulated = (_or_none(simulated_capacity, manifolds, n_reps=settings.n_reps, seed=settings.seed)
+                         if settings.simulate and geometry["status"] == "ok" else None)
+        alignment = _or_none(manifold_alignment, manifolds)
+        aligned = {
+            **base, **{field: finite_or_none(getattr(alignment, field)) if alignment else None
+                       for field in ("center_alignment", "axis_alignment", "center_axis_alignment")},
+            "decodability": _or_none(decodability, manifolds, seed=settings.seed), "chance": 1.0 / len(manifolds),
+        }
+        written = {"alignment": warehouse.write_part("alignment", unit.key, [aligned])}
+        row = {
+            **base, "source_kind": rep["source_kind"], "n_manifolds": len(manifolds),
+            "n_points": min(m.shape[1] for m in manifolds), "n_features": manifolds[0].shape[0],
+            "kappa": settings.kappa, "n_t": settings.n_t, "simulated_capacity": simulated, **geometry,
+        }
+        written[self.table] = warehouse.write_part(self.table, unit.key, [row])
+        return written
+
+
+def _estimates(manifolds: list[np.ndarray], kappa: float, n_t: int, seed: int) -> dict:
+    try:
+        result = manifold_capacity(manifolds, kappa=kappa, n_t=n_t, seed=seed)
+    except SurveyError as err:
+        return {"capacity": None, "radius": None, "dimension": None, "center_correlation": None, "K": None,
+                "capacities": None, "radii": None, "dimensions": None, "status": str(err)}
+    return {
+        "capacity": result.capacity, "radius": result.radius, "dimension": result.dimension,
+        "center_correlation": result.center_correlation, "K": result.K, "capacities": result.capacities.tolist(),
+        "radii": result.radii.tolist(), "dimensions": result.dimensions.tolist(), "status": "ok",
+    }
+
+
+def _or_none(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`method(...)`, or None where it cannot apply (it raised SurveyError): e.g. simulated capacity when even all
+    N features do not separate the manifolds, decodability with fewer points than folds, a center at the origin."""
+    try:
+        return method(*args, **kwargs)
+    except SurveyError:
+        return None
