@@ -200,9 +200,7 @@ class ShapeMetric:
         self, rows: Sequence[Prepared], cols: Sequence[Prepared], pairs: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """The cross terms ⟨a, b⟩ for `pairs` (index arrays into rows and cols; default all), as a flat array."""
-        if pairs is None:
-            grid = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
-            pairs = (grid[0].ravel(), grid[1].ravel())
+        pairs = all_pairs(len(rows), len(cols)) if pairs is None else pairs
         out = np.empty(len(pairs[0]), np.float64)
         if len(out) == 0:
             return out
@@ -217,9 +215,7 @@ class ShapeMetric:
         self, rows: Sequence[Prepared], cols: Sequence[Prepared], pairs: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Distances for `pairs` (default: the full len(rows) × len(cols) grid, returned flat)."""
-        if pairs is None:
-            grid = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
-            pairs = (grid[0].ravel(), grid[1].ravel())
+        pairs = all_pairs(len(rows), len(cols)) if pairs is None else pairs
         norm_a = np.array([rows[i].norm for i in pairs[0]])
         norm_b = np.array([cols[j].norm for j in pairs[1]])
         return _score(self.cross(rows, cols, pairs), norm_a, norm_b, self.score)
@@ -257,6 +253,12 @@ class ShapeMetric:
         if self.metric == "conv":
             return _conv_cross(a.data, b.data)
         return _stochastic_cross(a.data, b.data, self.alpha)
+
+
+def all_pairs(n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays of every (row, col) pair of an n_rows × n_cols block, row-major."""
+    grid = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    return grid[0].ravel(), grid[1].ravel()
 
 
 def _chunks(members: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], r_a: int, r_b: int) -> list[np.ndarray]:

@@ -60,9 +60,16 @@ class Stage(ABC):
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         """Do one unit; returns rows written per table."""
 
-    @abstractmethod
+    section: ClassVar[str | None] = None  # the SurveyConfig field holding this stage's options, if one does
+
+    @property
+    def options(self) -> Any:
+        """This stage's section of the config (None when the survey leaves the stage unconfigured)."""
+        return getattr(self.config, self.section) if self.section else None
+
     def settings(self) -> dict[str, Any]:
         """The part of the config this stage reads (recorded in `runs`)."""
+        return self.options.model_dump(mode="json") if self.options is not None else {}
 
 
 def finite_or_none(value: float) -> float | None:

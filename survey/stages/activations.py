@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from survey.activations import extract, resolve_device
 from survey.catalog import Warehouse
 from survey.hashing import canonical_json, content_key
@@ -14,10 +12,8 @@ from survey.stages.stimuli import load_images, stimset_rows
 
 class ActivationsStage(Stage):
     name = "activations"
+    section = "activations"
     table = "representations"
-
-    def settings(self) -> dict[str, Any]:
-        return self.config.activations.model_dump(mode="json")
 
     def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
         names = self.config.stimset_names()

@@ -29,13 +29,11 @@ def split_manifolds(responses: np.ndarray, labels: np.ndarray) -> list[np.ndarra
 
 class CapacityStage(Stage):
     name = "capacity"
+    section = "capacity"
     table = "capacity"
 
-    def settings(self) -> dict[str, Any]:
-        return self.config.capacity.model_dump(mode="json") if self.config.capacity else {}
-
     def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
-        settings = self.config.capacity
+        settings = self.options
         if settings is None:
             return []
         sets = {row["stimset_id"]: row for row in warehouse.rows("stimulus_sets")

@@ -7,7 +7,6 @@ The N × N triangle of a stimulus set's representations (networks and sessions t
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from survey.catalog import Warehouse
 from survey.config import DistanceMetric
 from survey.errors import SurveyError
 from survey.hashing import content_key
-from survey.metrics.shape import Prepared, ShapeMetric
+from survey.metrics.shape import Prepared, ShapeMetric, all_pairs
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 
 _REP_COLUMNS = ["rep_id", "stimset_id", "n_stimuli", "array_uri", "spatial_uri", "repeats_uri", "content_hash"]
@@ -34,13 +33,11 @@ def eligible(metric: str, rep: dict) -> bool:
 
 class DistancesStage(Stage):
     name = "distances"
+    section = "distances"
     table = "shape_distances"
 
-    def settings(self) -> dict[str, Any]:
-        return self.config.distances.model_dump(mode="json") if self.config.distances else {}
-
     def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
-        settings = self.config.distances
+        settings = self.options
         if settings is None:
             return []
         sets = self._stimulus_sets(warehouse)
@@ -88,8 +85,7 @@ class DistancesStage(Stage):
                 cols, cols_meta, pairs = rows, rows_meta, np.triu_indices(len(rows), k=1)
             else:
                 cols = [prepared(engine, warehouse.uri, rep, conv_size) for rep in cols_meta]
-                grid = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
-                pairs = (grid[0].ravel(), grid[1].ravel())
+                pairs = all_pairs(len(rows), len(cols))
             values = engine.distances(rows, cols, pairs)
         out = []
         for i, j, value in zip(*pairs, values, strict=True):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -24,10 +23,8 @@ AREA_DEPTH = {"V1": 0.0, "V2": 0.25, "V4": 0.5, "IT": 1.0}
 
 class SessionsStage(Stage):
     name = "sessions"
+    section = "sessions"
     table = "sessions"
-
-    def settings(self) -> dict[str, Any]:
-        return self.config.sessions.model_dump(mode="json") if self.config.sessions else {}
 
     def check(self) -> None:
         for nwb in self.config.sessions.nwb if self.config.sessions else ():

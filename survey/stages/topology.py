@@ -8,7 +8,6 @@ their noise level before counting and get a split-half reliability from their re
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -26,13 +25,11 @@ def tuning_maps(responses: np.ndarray, side: int) -> np.ndarray:
 
 class TopologyStage(Stage):
     name = "topology"
+    section = "topology"
     table = "topology"
 
-    def settings(self) -> dict[str, Any]:
-        return self.config.topology.model_dump(mode="json") if self.config.topology else {}
-
     def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
-        settings = self.config.topology
+        settings = self.options
         if settings is None:
             return []
         grids = {row["stimset_id"]: row for row in warehouse.rows("stimulus_sets") if row["kind"] == "tuning_grid"

@@ -1,0 +1,40 @@
+"""The whole demo, as a user runs it: every table filled, with the row counts the design promises."""
+
+from __future__ import annotations
+
+import pytest
+
+from survey.catalog import Warehouse, connect
+
+from .conftest import survey_cli
+
+
+@pytest.mark.slow
+def test_demo_fills_every_table_with_complete_results(tmp_path):
+    result = survey_cli("demo", "-w", str(tmp_path / "wh"), timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "five networks nearest to IT" in result.stdout
+    connection = connect(Warehouse(tmp_path / "wh"))
+
+    configs = connection.execute("""
+        SELECT d.metric, d.alpha, d.score_method, d.stimset_id, count(*), count(DISTINCT (rep_a, rep_b))
+        FROM shape_distances d GROUP BY ALL ORDER BY ALL""").fetchall()
+    assert [(metric, alpha) for metric, alpha, *_ in configs] == [
+        ("cka", 1.0), ("linear", 0.0), ("linear", 0.5), ("linear", 1.0), ("permutation", 1.0)]
+    for *_, stimset_id, rows, distinct in configs:
+        n, kinds = connection.execute(f"""SELECT count(*), count(DISTINCT source_kind) FROM representations
+                                          WHERE stimset_id = '{stimset_id}'""").fetchone()
+        assert kinds == 2  # networks and sessions together
+        assert rows == distinct == n * (n - 1) // 2
+
+    objects = connection.execute("""SELECT count(*) FROM representations r JOIN stimulus_sets s USING (stimset_id)
+                                    WHERE s.kind = 'object_manifolds'""").fetchone()[0]
+    assert connection.execute("SELECT count(*) FROM capacity").fetchone()[0] == objects
+    assert connection.execute("SELECT count(*) FROM alignment").fetchone()[0] == objects
+    grid_reps = connection.execute("""SELECT count(*) FROM representations r JOIN stimulus_sets s USING (stimset_id)
+                                      WHERE s.kind = 'tuning_grid'""").fetchone()[0]
+    assert connection.execute("SELECT count(DISTINCT rep_id) FROM topology").fetchone()[0] == grid_reps
+    n_items, embedded, natural = connection.execute("""
+        SELECT s.n_items, count(e.rep_id), (SELECT count(*) FROM representations r WHERE r.stimset_id = s.stimset_id)
+        FROM spaces s JOIN embeddings e USING (space_id) GROUP BY ALL""").fetchone()
+    assert n_items == embedded == natural
