@@ -21,6 +21,7 @@ from survey.config import DEMO_CONFIG, STAGE_ORDER, SurveyConfig, load_config
 from survey.errors import SurveyError, one_line
 
 DEFAULT_WAREHOUSE = "catalogs/warehouse"
+DEFAULT_DIM, DEFAULT_LANDMARKS = 32, 200  # embedding spaces (as `survey.search.space.build_space`)
 
 app = typer.Typer(help="neurosurvey: survey neural representations of networks and recorded brain areas.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -192,8 +193,8 @@ class IndexKind(StrEnum):
 def index_build(
     metric: Annotated[str, typer.Option("--metric", "-m", help="metric[:alpha][:score], distances stored.")] = "linear",
     stimset: Annotated[str, typer.Option(help="Stimulus-set name.")] = "natural",
-    dim: Annotated[int, typer.Option(help="Embedding dimensions.")] = 16,
-    landmarks: Annotated[int, typer.Option(help="Landmarks for out-of-sample queries.")] = 64,
+    dim: Annotated[int, typer.Option(help="Embedding dimensions.")] = DEFAULT_DIM,
+    landmarks: Annotated[int, typer.Option(help="Landmarks for out-of-sample queries.")] = DEFAULT_LANDMARKS,
     kind: Annotated[IndexKind, typer.Option(help="flat (exact) or hnsw.")] = IndexKind.flat,
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
 ) -> None:

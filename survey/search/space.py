@@ -10,11 +10,13 @@ holds the vectors for SQL. Search = shortlist k' > k from FAISS, then exact rera
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Literal
 
+import duckdb
 import numpy as np
 
 from survey.catalog import Warehouse, connect
@@ -22,13 +24,17 @@ from survey.config import DistanceMetric
 from survey.embedding import LandmarkMDS, classical_mds, kruskal_stress, maxmin_landmarks
 from survey.errors import SurveyError
 from survey.hashing import content_key
-from survey.metrics.shape import INPUT_LAYOUT, INPUT_NDIM, ShapeMetric, check_representation
+from survey.metrics.shape import INPUT_LAYOUT, INPUT_NDIM, Prepared, ShapeMetric, check_representation
 from survey.search.index import VectorIndex
 from survey.stages import RunInfo
 from survey.stages.distances import pool_maps, prepared
 
 SPACE_VERSION = 1
-FILTERS = ("source_kind", "area", "family", "objective")  # the metadata a search may filter on
+SHORTLIST = 100  # FAISS candidates reranked per query (at least 10 k): a family of related representations
+# larger than the shortlist is ordered poorly by the embedding alone (benchmarks/search_recall.py)
+FILTERS = ("source_kind", "area", "family", "objective")
+METADATA = ("rep_id", "source_kind", "source_id", "source_name", "layer_or_area", "depth", "stimset_id", "n_stimuli",
+            "n_units", "family", "objective", "test_accuracy", "subject", "area")  # the metadata a search may filter on
 
 
 class NotFoundError(SurveyError):
@@ -69,7 +75,7 @@ def distance_matrix(warehouse: Warehouse, metric: DistanceMetric, stimset_id: st
 
 
 def build_space(
-    warehouse: Warehouse, metric: DistanceMetric, stimset: str, info: RunInfo, dim: int = 16, n_landmarks: int = 64,
+    warehouse: Warehouse, metric: DistanceMetric, stimset: str, info: RunInfo, dim: int = 32, n_landmarks: int = 200,
     kind: Literal["flat", "hnsw"] = "flat", conv_size: int = 4,
 ) -> dict:
     """Embed one stimulus set's representations under `metric` and index them; returns the `spaces` row.
@@ -152,12 +158,19 @@ class Space:
             width = min(4 * width, self.index.ntotal)
 
 
+def _width(k: int, rerank: bool, shortlist: int | None) -> int:
+    """Candidates to take from FAISS: k without rerank, else `shortlist` or max(10 k, SHORTLIST)."""
+    return shortlist or max(10 * k, SHORTLIST) if rerank else k
+
+
 class SearchService:
     """Neighbours of stored representations and of uploaded arrays, over the warehouse's spaces."""
 
     def __init__(self, warehouse: Warehouse) -> None:
         self.warehouse = warehouse
         self._spaces: dict[str, Space] = {}
+        self._landmark_cache: dict[str, list[Prepared]] = {}
+        self._lock = threading.Lock()
 
     # ---- catalog -------------------------------------------------------------------------------------
 
@@ -184,13 +197,13 @@ class SearchService:
     @cached_property
     def metadata(self) -> dict[str, dict]:
         """Catalog metadata of every representation, with its network's family/objective or session's subject."""
-        rows = connect(self.warehouse).sql("""
+        rows = self._sql("""
             SELECT r.rep_id, r.source_kind, r.source_id, r.source_name, r.layer_or_area, r.depth, r.stimset_id,
                    r.n_stimuli, r.n_units, n.family, n.objective, n.test_accuracy, s.subject,
                    CASE WHEN r.source_kind = 'session' THEN r.layer_or_area END AS area
             FROM representations r LEFT JOIN networks n ON r.source_id = n.network_id
-            LEFT JOIN sessions s ON r.source_id = s.session_id""").to_arrow_table().to_pylist()
-        return {row["rep_id"]: row for row in rows}
+            LEFT JOIN sessions s ON r.source_id = s.session_id""")
+        return {row[0]: dict(zip(METADATA, row, strict=True)) for row in rows}
 
     def representation(self, rep_id: str) -> dict:
         if rep_id not in self.metadata:
@@ -215,14 +228,14 @@ class SearchService:
         rerank: bool = True, shortlist: int | None = None,
     ) -> list[Neighbor]:
         """The k nearest stored representations to a stored one: FAISS shortlist of k' = `shortlist` (default
-        max(4k, 40)), reranked by the exact distances in `shape_distances`."""
+        max(10k, SHORTLIST)), reranked by the exact distances in `shape_distances`."""
         self.representation(rep_id)
         space = self.space(space_id, rep_id)
         if rep_id not in space.item:
             raise NotFoundError(f"representation {rep_id!r} is not in space {space.row['space_id']!r} "
                                 f"({space.row['name']}); pick a space of its stimulus set")
         vector = space.index.reconstruct(space.item[rep_id])
-        candidates = space.shortlist(vector, k if not rerank else shortlist or max(4 * k, 40), keep, exclude=rep_id)
+        candidates = space.shortlist(vector, _width(k, rerank, shortlist), keep, exclude=rep_id)
         if rerank:
             exact = self._stored_distances(space, rep_id, [c.rep_id for c in candidates])
             candidates = [Neighbor(c.rep_id, exact[c.rep_id], exact=True) for c in candidates]
@@ -244,9 +257,9 @@ class SearchService:
         if metric == "conv":
             values = pool_maps(values, space.row["conv_size"])
         query = space.engine.prepare(values, "upload")
-        to_landmarks = self._exact(space, query, [space.rep_ids[i] for i in space.landmarks])
+        to_landmarks = space.engine.distances([query], self._landmarks(space))
         vector = space.embed(to_landmarks)
-        candidates = space.shortlist(vector, k if not rerank else shortlist or max(4 * k, 40), keep, exclude=None)
+        candidates = space.shortlist(vector, _width(k, rerank, shortlist), keep, exclude=None)
         if rerank:
             exact = self._exact(space, query, [c.rep_id for c in candidates])
             candidates = [Neighbor(c.rep_id, float(d), exact=True) for c, d in zip(candidates, exact, strict=True)]
@@ -256,30 +269,45 @@ class SearchService:
         ordered = sorted(candidates, key=lambda c: c.distance)[:k]
         return [Neighbor(c.rep_id, c.distance, c.exact, self.metadata.get(c.rep_id, {})) for c in ordered]
 
-    def _exact(self, space: Space, query: object, rep_ids: list[str]) -> np.ndarray:
-        engine = space.engine
-        conv_size = space.row["conv_size"]
-        reps = [self._catalog_row(rep) for rep in rep_ids]
-        stored = [prepared(engine, self.warehouse.uri, rep, conv_size) for rep in reps]
-        return engine.distances([query], stored)
+    def _prepared(self, space: Space, rep_ids: list[str]) -> list[Prepared]:
+        return [prepared(space.engine, self.warehouse.uri, self._catalog_rows[rep], space.row["conv_size"])
+                for rep in rep_ids]
+
+    def _landmarks(self, space: Space) -> list[Prepared]:
+        """The space's landmarks prepared for its metric, kept for the life of the service (every upload needs
+        all of them; the shared per-representation cache is too small to hold them beside the candidates)."""
+        if space.row["space_id"] not in self._landmark_cache:
+            self._landmark_cache[space.row["space_id"]] = self._prepared(space, [space.rep_ids[i]
+                                                                                 for i in space.landmarks])
+        return self._landmark_cache[space.row["space_id"]]
+
+    def _exact(self, space: Space, query: Prepared, rep_ids: list[str]) -> np.ndarray:
+        return space.engine.distances([query], self._prepared(space, rep_ids))
 
     def _stored_distances(self, space: Space, rep_id: str, others: list[str]) -> dict[str, float]:
         if not others:
             return {}
         metric = space.metric
-        rows = connect(self.warehouse).execute(
+        rows = self._sql(
             f"""SELECT CASE WHEN rep_a = ? THEN rep_b ELSE rep_a END, distance FROM shape_distances
                 WHERE stimset_id = ? AND metric = ? AND alpha = ? AND score_method = ? AND center = ?
                 AND (rep_a = ? OR rep_b = ?) AND (rep_a IN ({','.join('?' * len(others))})
                                                  OR rep_b IN ({','.join('?' * len(others))}))""",
             [rep_id, space.row["stimset_id"], metric.metric, metric.alpha, metric.score, metric.center,
              rep_id, rep_id, *others, *others],
-        ).fetchall()
+        )
         return dict(rows)
 
     @cached_property
     def _catalog_rows(self) -> dict[str, dict]:
         return {row["rep_id"]: row for row in self.warehouse.rows("representations")}
 
-    def _catalog_row(self, rep_id: str) -> dict:
-        return self._catalog_rows[rep_id]
+    @cached_property
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        """One DuckDB connection with the catalog views (views read the Parquet files at query time)."""
+        return connect(self.warehouse)
+
+    def _sql(self, query: str, parameters: list | None = None) -> list[tuple]:
+        """Rows of `query`; one query at a time on the shared connection (the API serves from a thread pool)."""
+        with self._lock:
+            return self._connection.execute(query, parameters or []).fetchall()
