@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -239,10 +240,9 @@ class ShapeMetric:
                 stacked_b = torch.cat([cols[j].data for j in ib], dim=1)
                 blocks = (stacked_a.mT @ stacked_b).reshape(len(ia), r_a, len(ib), r_b).permute(0, 2, 1, 3)
                 selected = blocks[torch.from_numpy(ja), torch.from_numpy(jb)]
-                if self.metric == "linear":
-                    values = torch.linalg.svdvals(selected).sum(dim=-1)
-                else:
-                    values = selected.square().sum(dim=(-2, -1))
+                # linear: nuclear norm ‖F_aᵀF_b‖_*; CKA: squared Frobenius norm ‖F_aᵀF_b‖_F²
+                linear = self.metric == "linear"
+                values = nuclear_norms(selected) if linear else selected.square().sum(dim=(-2, -1))
                 out[chunk] = values.cpu().numpy()
 
     def _cross_one(self, a: Prepared, b: Prepared) -> float:
@@ -253,6 +253,16 @@ class ShapeMetric:
         if self.metric == "conv":
             return _conv_cross(a.data, b.data)
         return _stochastic_cross(a.data, b.data, self.alpha)
+
+
+def nuclear_norms(matrices: torch.Tensor) -> torch.Tensor:
+    """Σ singular values of each matrix of a batch. On the CPU, LAPACK takes a batch one small matrix at a time
+    on one core, so the batch is split over torch's threads (≈1.4× on 2 cores)."""
+    threads = torch.get_num_threads()
+    if matrices.device.type != "cpu" or threads < 2 or len(matrices) < 64:
+        return torch.linalg.svdvals(matrices).sum(dim=-1)
+    with ThreadPoolExecutor(threads) as pool:
+        return torch.cat(list(pool.map(torch.linalg.svdvals, matrices.chunk(threads)))).sum(dim=-1)
 
 
 def all_pairs(n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
