@@ -88,6 +88,9 @@ def check_representation(array: object, name: str, ndim: int = 2, layout: str = 
 def partial_whitening_scales(singular_values: torch.Tensor, alpha: float) -> torch.Tensor:
     """Singular values of X_w = Xc Z given those of Xc (Williams et al. 2021 eq. 6, variance preserving).
 
+    At α = 0 every non-clipped direction gets the same weight, so two representations of full rank m (units ≥
+    stimuli) span the same centred space and are 0 apart: CCA needs fewer units than stimuli.
+
     With λ = s² (eigenvalues of XcᵀXc, clipped at 1e-7), d = α + (1 − α) λ^(−1/2) and Z = V diag(c·d) Vᵀ,
     X_w = U diag(c·s·d) Vᵀ; c makes ‖X_w‖_F = ‖Xc‖_F.
     """
