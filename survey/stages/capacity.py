@@ -19,7 +19,7 @@ from survey.hashing import content_key
 from survey.metrics.alignment import decodability, manifold_alignment
 from survey.metrics.capacity import manifold_capacity, simulated_capacity
 from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none, torch_threads
-from survey.stages.stimuli import load_labels
+from survey.stages.stimuli import catalog_stimulus_sets, load_labels
 
 
 def split_manifolds(responses: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
@@ -36,12 +36,9 @@ class CapacityStage(Stage):
         settings = self.options
         if settings is None:
             return []
-        sets = {row["stimset_id"]: row for row in warehouse.rows("stimulus_sets")
-                if (row["name"] in settings.stimuli if settings.stimuli else row["kind"] == "object_manifolds")}
-        missing = sorted(set(settings.stimuli or ()) - {row["name"] for row in sets.values()})
-        if missing:
-            raise SurveyError(f"capacity.stimuli {missing} are not in warehouse {warehouse.uri}; name stimulus sets "
-                              "that the stimuli stage generated (their labels define the manifolds)")
+        # any labelled stimulus set may be named; by default the object manifolds
+        sets = catalog_stimulus_sets(warehouse, settings.stimuli, "capacity.stimuli",
+                                     kind=None if settings.stimuli else "object_manifolds")
         recipe = settings.model_dump(exclude={"stimuli"})
         units = []
         for rep in sorted(warehouse.rows("representations"), key=lambda row: row["rep_id"]):

@@ -18,6 +18,7 @@ from survey.errors import SurveyError
 from survey.hashing import content_key
 from survey.metrics.shape import Prepared, ShapeMetric, all_pairs
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
+from survey.stages.stimuli import catalog_stimulus_sets
 
 _REP_COLUMNS = ["rep_id", "stimset_id", "n_stimuli", "array_uri", "spatial_uri", "repeats_uri", "content_hash"]
 
@@ -40,12 +41,13 @@ class DistancesStage(Stage):
         settings = self.options
         if settings is None:
             return []
-        sets = self._stimulus_sets(warehouse)
+        sets = catalog_stimulus_sets(warehouse, settings.stimuli or self.config.activations.stimuli,
+                                     "distances.stimuli")
         reps = warehouse.rows("representations", _REP_COLUMNS)
         units = []
         for metric in settings.metrics:
             recipe = {**metric.model_dump(), "conv_size": settings.conv_size if metric.metric == "conv" else None}
-            for name, stimset in sets.items():
+            for stimset in sorted(sets.values(), key=lambda row: row["name"]):
                 members = sorted((rep for rep in reps if rep["stimset_id"] == stimset["stimset_id"]
                                   and eligible(metric.metric, rep)), key=lambda rep: rep["rep_id"])
                 blocks = [members[start:start + settings.tile_size]
@@ -57,20 +59,10 @@ class DistancesStage(Stage):
                         cols = blocks[j] if j > i else None
                         key = content_key("dist", recipe, [(r["rep_id"], r["content_hash"]) for r in rows],
                                           [(r["rep_id"], r["content_hash"]) for r in cols or ()], self.version)
-                        units.append(WorkUnit(key, f"{metric.label} · {name} · tile {i},{j}", {
+                        units.append(WorkUnit(key, f"{metric.label} · {stimset['name']} · tile {i},{j}", {
                             "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols,
                         }))
         return units
-
-    def _stimulus_sets(self, warehouse: Warehouse) -> dict[str, dict]:
-        """The catalog's stimulus sets named by `distances.stimuli` (else `activations.stimuli`, else all)."""
-        catalog = {row["name"]: row for row in warehouse.rows("stimulus_sets")}
-        names = self.config.distances.stimuli or self.config.activations.stimuli or tuple(sorted(catalog))
-        missing = sorted(set(names) - set(catalog))
-        if missing:
-            raise SurveyError(f"stimulus sets {missing} are not in warehouse {warehouse.uri} (it has "
-                              f"{sorted(catalog)}); fix distances.stimuli or run the stimuli stage first")
-        return {name: catalog[name] for name in names}
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         recipe = dict(unit.payload["metric"])

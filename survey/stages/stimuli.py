@@ -70,6 +70,24 @@ def stimset_rows(config: SurveyConfig, warehouse: Warehouse, names: tuple[str, .
     return {name: rows[ids[name]] for name in names}
 
 
+def catalog_stimulus_sets(
+    warehouse: Warehouse, names: tuple[str, ...] | None, option: str, kind: str | None = None,
+) -> dict[str, dict]:
+    """Catalog rows, by stimset_id, of the stimulus sets `names` (None: every set) of `kind` (None: any kind).
+
+    `option` names the config field the names came from, for the error when one is not in the catalog.
+    """
+    rows = warehouse.rows("stimulus_sets")
+    chosen = {row["stimset_id"]: row for row in rows
+              if (names is None or row["name"] in names) and (kind is None or row["kind"] == kind)}
+    missing = sorted(set(names or ()) - {row["name"] for row in chosen.values()})
+    if missing:
+        available = sorted(row["name"] for row in rows if kind is None or row["kind"] == kind)
+        raise SurveyError(f"{option} {missing} are not {kind or 'stimulus'} sets in warehouse {warehouse.uri} "
+                          f"(it has {available}); fix {option} or run the stimuli stage first")
+    return chosen
+
+
 @lru_cache(maxsize=4)
 def load_images(warehouse_uri: str, uri: str) -> np.ndarray:
     """The N × 3 × H × W float32 images of a stored stimulus set (cached per process)."""

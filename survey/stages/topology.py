@@ -12,10 +12,10 @@ import math
 import numpy as np
 
 from survey.catalog import Warehouse
-from survey.errors import SurveyError
 from survey.hashing import content_key
 from survey.metrics.topology import level_isotropy, noise_sigma, signature, signature_reliability, smooth_to_noise
 from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none
+from survey.stages.stimuli import catalog_stimulus_sets
 
 
 def tuning_maps(responses: np.ndarray, side: int) -> np.ndarray:
@@ -32,12 +32,7 @@ class TopologyStage(Stage):
         settings = self.options
         if settings is None:
             return []
-        grids = {row["stimset_id"]: row for row in warehouse.rows("stimulus_sets") if row["kind"] == "tuning_grid"
-                 and (settings.stimuli is None or row["name"] in settings.stimuli)}
-        missing = sorted(set(settings.stimuli or ()) - {row["name"] for row in grids.values()})
-        if missing:
-            raise SurveyError(f"topology.stimuli {missing} are not tuning grids in warehouse {warehouse.uri}; "
-                              "name tuning_grid stimulus sets that the stimuli stage generated")
+        grids = catalog_stimulus_sets(warehouse, settings.stimuli, "topology.stimuli", kind="tuning_grid")
         recipe = settings.model_dump(exclude={"stimuli"})
         units = []
         for rep in sorted(warehouse.rows("representations"), key=lambda row: row["rep_id"]):
