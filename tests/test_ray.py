@@ -87,7 +87,8 @@ def test_ray_job_submit_to_our_own_head(tmp_path):
                              "-w", str(warehouse), "--format", "csv")
             assert sql.returncode == 0, sql.stderr
             rows = dict(line.split(",") for line in sql.stdout.strip().splitlines()[1:])
-            assert set(rows) == {'"network"', '"session"'} and int(rows['"session"']) == 6
+            # 2 sessions × 3 areas × 2 stimulus sets
+            assert set(rows) == {'"network"', '"session"'} and int(rows['"session"']) == 12
             assert table_counts(Warehouse(warehouse))["networks"] == 4
         assert catalog_fingerprint(Warehouse(tmp_path / "ray")) == catalog_fingerprint(Warehouse(tmp_path / "survey"))
     finally:
