@@ -68,7 +68,7 @@ class DistancesStage(Stage):
         recipe = dict(unit.payload["metric"])
         conv_size = recipe.pop("conv_size")
         metric = DistanceMetric(**recipe)
-        device = resolve_device(self.config.distances.device)
+        device = resolve_device(self.options.device)
         rows_meta, cols_meta = unit.payload["rows"], unit.payload["cols"]
         with torch_threads(info.threads):
             engine = ShapeMetric(metric.metric, metric.alpha, metric.score, metric.center, device)
