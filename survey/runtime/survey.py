@@ -46,13 +46,14 @@ def run_survey(
     stages: tuple[str, ...] | None = None,
     progress: bool = True,
 ) -> list[StageReport]:
-    """Run the config's stages (or the subset `stages`) in order; returns what each stage did.
+    """Run the config's stages (or the subset `stages`) in order; returns what each stage did. Stages whose
+    config section is left out are skipped.
 
     A stage plans all its units, skips those whose part is already in the catalog, and runs the rest on
     the configured executor. Stages that ran anything append a row to `runs`.
     """
-    selected = [STAGES[name](config) for name in STAGE_ORDER
-                if name in config.stages and (stages is None or name in stages)]
+    selected = [stage for name in STAGE_ORDER if name in config.stages and (stages is None or name in stages)
+                if (stage := STAGES[name](config)).configured]
     for stage in selected:
         stage.check()
     warehouse.ensure_writable()

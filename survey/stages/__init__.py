@@ -67,6 +67,11 @@ class Stage(ABC):
         """This stage's section of the config (None when the survey leaves the stage unconfigured)."""
         return getattr(self.config, self.section) if self.section else None
 
+    @property
+    def configured(self) -> bool:
+        """False when the survey leaves this stage's section out: the runner then skips the stage."""
+        return self.section is None or self.options is not None
+
     def settings(self) -> dict[str, Any]:
         """The part of the config this stage reads (recorded in `runs`)."""
         return self.options.model_dump(mode="json") if self.options is not None else {}

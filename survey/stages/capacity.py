@@ -34,8 +34,6 @@ class CapacityStage(Stage):
 
     def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
         settings = self.options
-        if settings is None:
-            return []
         # any labelled stimulus set may be named; by default the object manifolds
         sets = catalog_stimulus_sets(warehouse, settings.stimuli, "capacity.stimuli",
                                      kind=None if settings.stimuli else "object_manifolds")

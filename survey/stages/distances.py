@@ -39,8 +39,6 @@ class DistancesStage(Stage):
 
     def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
         settings = self.options
-        if settings is None:
-            return []
         sets = catalog_stimulus_sets(warehouse, settings.stimuli or self.config.activations.stimuli,
                                      "distances.stimuli")
         reps = warehouse.rows("representations", _REP_COLUMNS)

@@ -32,9 +32,7 @@ class SessionsStage(Stage):
                 raise SurveyError(f"NWB file {nwb.path} does not exist; fix sessions.nwb[].path in the config")
 
     def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
-        sessions = self.config.sessions
-        if sessions is None:
-            return []
+        sessions = self.options
         units = []
         if sessions.synthetic:
             synthetic = sessions.synthetic

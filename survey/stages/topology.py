@@ -30,8 +30,6 @@ class TopologyStage(Stage):
 
     def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
         settings = self.options
-        if settings is None:
-            return []
         grids = catalog_stimulus_sets(warehouse, settings.stimuli, "topology.stimuli", kind="tuning_grid")
         recipe = settings.model_dump(exclude={"stimuli"})
         units = []
