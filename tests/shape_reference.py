@@ -84,6 +84,55 @@ def conv(X: np.ndarray, Y: np.ndarray, alpha: float = 1.0, kind: str = "angular"
     return score(best, np.sum(Xw**2), np.sum(Yw**2), kind)
 
 
+# ---- the same distances from the aligned residual (no cancellation near 0) ----------------------------------------
+
+
+def residual_score(A: np.ndarray, B: np.ndarray, kind: str) -> float:
+    """‖A − B‖, or the angle 2 arcsin(‖Â − B̂‖ / 2) between them, for A and the aligned B."""
+    if kind == "euclidean":
+        return float(np.linalg.norm(A - B))
+    chord = np.linalg.norm(A / np.linalg.norm(A) - B / np.linalg.norm(B))
+    return float(2.0 * np.arcsin(min(chord / 2.0, 1.0)))
+
+
+def procrustes(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The orthogonal Q maximising tr(Aᵀ B Q) (A, B of one shape)."""
+    u, _, vt = np.linalg.svd(B.T @ A)
+    return u @ vt
+
+
+def aligned_residual(X: np.ndarray, Y: np.ndarray, metric: str, alpha: float = 1.0, kind: str = "angular") -> float:
+    """The metric's distance as the residual between X and the optimally aligned Y, written from the definitions:
+    min_Q ‖X_w − Y_w Q‖ (linear), min_P ‖X_c − Y_c P‖ (permutation), ‖K̂ − L̂‖_F (CKA), and the conv residual at the
+    best circular shift."""
+    if metric == "cka":
+        m = len(X)
+        H = np.eye(m) - np.ones((m, m)) / m
+        K, L = H @ X @ X.T @ H, H @ Y @ Y.T @ H
+        return residual_score(K / np.linalg.norm(K), L / np.linalg.norm(L), kind)
+    if metric == "conv":
+        m, _, height, width = X.shape
+        channels = max(X.shape[1], Y.shape[1])
+
+        def prepared(maps: np.ndarray) -> np.ndarray:
+            rows = pad(whiten(maps.transpose(0, 2, 3, 1).reshape(-1, maps.shape[1]), alpha), channels)
+            return rows.reshape(m, height, width, channels)
+
+        Xw, Yw = prepared(X), prepared(Y)
+        shifts = [np.roll(Yw, (dy, dx), axis=(1, 2)).reshape(-1, channels) for dy in range(height)
+                  for dx in range(width)]
+        flat_x = Xw.reshape(-1, channels)
+        best = max(shifts, key=lambda shifted: np.linalg.norm(flat_x.T @ shifted, "nuc"))
+        return residual_score(flat_x, best @ procrustes(flat_x, best), kind)
+    width = max(X.shape[1], Y.shape[1])
+    if metric == "permutation":
+        Xc, Yc = pad(X - X.mean(axis=0), width), pad(Y - Y.mean(axis=0), width)
+        row, col = linear_sum_assignment(-(Xc.T @ Yc))
+        return residual_score(Xc[:, row], Yc[:, col], kind)
+    Xw, Yw = pad(whiten(X, alpha), width), pad(whiten(Y, alpha), width)
+    return residual_score(Xw, Yw @ procrustes(Xw, Yw), kind)
+
+
 # ---- stochastic (Gaussian) shape metric ------------------------------------------------------------------------
 
 

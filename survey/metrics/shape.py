@@ -12,6 +12,10 @@ one "cross" term ⟨a, b⟩ = max over the group of the alignment, and the norms
     angular   θ = arccos( ⟨a, b⟩ / (‖a‖ ‖b‖) )            in [0, π]
     euclidean d = sqrt( ‖a‖² + ‖b‖² − 2 ⟨a, b⟩ )           (not divided by m)
 
+Both forms cancel catastrophically for nearly equivalent pairs (a distance that is truly 0 comes out near
+sqrt(ε)·‖a‖ ≈ 1e-8‖a‖, whatever the BLAS kernel). Pairs whose gap is under `REFINE_GAP` of the norms are recomputed
+from the aligned residual instead: d = ‖a − g*b‖ and θ = 2 arcsin(‖â − g*b̂‖ / 2), with g* the optimal group element.
+
 The engine (`ShapeMetric`) prepares each representation once (centred, partially whitened, reduced to a thin
 m × r factor) and gets a whole block of pairs from one large matrix product plus batched singular values, in
 float64, with PyTorch on the GPU when there is one.
@@ -48,6 +52,11 @@ STOCHASTIC_HEAT_ITER = 30  # steps each start takes before the best ones go on
 STOCHASTIC_RANDOM_STARTS = 16  # fixed pseudo-random rotations added to the three informed starts
 STOCHASTIC_KEEP = 4  # starts followed to convergence
 STOCHASTIC_TOL = 1e-12
+# Pairs whose relative gap (‖a‖² + ‖b‖² − 2⟨a, b⟩) / (‖a‖² + ‖b‖²), or 1 − cos θ for the angular score, is at most
+# this are recomputed from the aligned residual. The cross term carries an absolute error of about γ·ε·‖a‖‖b‖ (γ ≲ the
+# factor width, ≤ 1e3 here), so elsewhere the plain formulas keep a relative error below γ·ε / (2·REFINE_GAP) ≈ 1e-10.
+REFINE_GAP = 1e-3
+STOCHASTIC_REFINE_ITER = 500  # at most this many more ascent steps for a refined pair (see _stochastic_pair)
 Gaussians = tuple[torch.Tensor, torch.Tensor]  # per-stimulus means (m × n) and covariance factors (m × n × k)
 
 
@@ -106,6 +115,24 @@ def _score(cross: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray, score: str
     if score == "angular":
         return np.arccos(np.clip(cross / (norm_a * norm_b), -1.0, 1.0))
     return np.sqrt(np.maximum(norm_a**2 + norm_b**2 - 2.0 * cross, 0.0))
+
+
+def _relative_gap(cross: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray, score: str) -> np.ndarray:
+    """How much of the norms survives the cancellation in `_score`: 1 − cos θ (angular), d² / (‖a‖² + ‖b‖²)."""
+    if score == "angular":
+        return 1.0 - cross / (norm_a * norm_b)
+    total = norm_a**2 + norm_b**2
+    return (total - 2.0 * cross) / total
+
+
+def _residual_score(aligned_a: torch.Tensor, aligned_b: torch.Tensor, norm_a: float, norm_b: float,
+                    score: str) -> float:
+    """The score from the aligned pair (a, g*b) itself: ‖a − g*b‖, or 2 arcsin(‖â − g*b̂‖ / 2) for the angle between
+    them (the chord of two unit vectors is 2 sin(θ/2)); accurate to rounding of the norms even when θ ≈ 0."""
+    if score == "euclidean":
+        return float(torch.linalg.norm(aligned_a - aligned_b))
+    chord = float(torch.linalg.norm(aligned_a / norm_a - aligned_b / norm_b))
+    return 2.0 * float(np.arcsin(min(chord / 2.0, 1.0)))
 
 
 def resolve_torch_device(device: str | torch.device | None) -> torch.device:
@@ -222,7 +249,12 @@ class ShapeMetric:
         pairs = all_pairs(len(rows), len(cols)) if pairs is None else pairs
         norm_a = np.array([rows[i].norm for i in pairs[0]])
         norm_b = np.array([cols[j].norm for j in pairs[1]])
-        return _score(self.cross(rows, cols, pairs), norm_a, norm_b, self.score)
+        cross = self.cross(rows, cols, pairs)
+        values = _score(cross, norm_a, norm_b, self.score)
+        for k in np.flatnonzero(_relative_gap(cross, norm_a, norm_b, self.score) <= REFINE_GAP):
+            a, b = rows[pairs[0][k]], cols[pairs[1][k]]
+            values[k] = _residual_score(*self.aligned(a, b), a.norm, b.norm, self.score)
+        return values
 
     def _cross_factors(
         self, rows: Sequence[Prepared], cols: Sequence[Prepared], pairs: tuple[np.ndarray, np.ndarray],
@@ -254,8 +286,23 @@ class ShapeMetric:
             row, col = linear_sum_assignment(gains, maximize=True)
             return float(gains[row, col].sum())
         if self.metric == "conv":
-            return _conv_cross(a.data, b.data)
-        return _stochastic_cross(a.data, b.data, self.alpha)
+            return float(_conv_per_shift(a.data, b.data).amax())
+        return _stochastic_alignment(a.data, b.data, self.alpha)[0]
+
+    def aligned(self, a: Prepared, b: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, g*b): `a` and `b` moved by the group element g* that maximises ⟨a, g b⟩, as two tensors of one shape
+        with norms ‖a‖ and ‖b‖, so that ‖a − g*b‖ is the euclidean distance without cancellation."""
+        if self.metric == "cka":
+            return _gram_pair(a.data, b.data)
+        if self.metric == "stochastic":
+            return _stochastic_pair(a.data, b.data, self.alpha)
+        if self.metric == "conv":
+            return _conv_pair(a.data, b.data)
+        fa, fb = _pad_columns(a.data, b.data)
+        if self.metric == "permutation":
+            row, col = linear_sum_assignment((fa.mT @ fb).cpu().numpy(), maximize=True)
+            return fa[:, torch.from_numpy(row)], fb[:, torch.from_numpy(col)]
+        return fa, fb @ _polar(fb.mT @ fa)  # linear: the Procrustes rotation of the thin factors
 
 
 def nuclear_norms(matrices: torch.Tensor) -> torch.Tensor:
@@ -290,20 +337,45 @@ def _chunks(members: np.ndarray, pairs: tuple[np.ndarray, np.ndarray], r_a: int,
     return chunks
 
 
-def _conv_cross(fa: torch.Tensor, fb: torch.Tensor) -> float:
-    """max over circular spatial shifts s of ‖Σ_{i,p} x_w[i,:,p] y_w[i,:,p+s]ᵀ‖_* (Williams et al. 2021 §3.4).
+def _pad_columns(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad the narrower of `a` and `b` along `dim` to the wider one's size."""
+    width = max(a.shape[dim], b.shape[dim])
 
-    The channel cross-covariance at every shift is one inverse FFT of a product of the maps' spectra.
-    """
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        extra = [0, 0] * (x.ndim - 1 - dim % x.ndim) + [0, width - x.shape[dim]]
+        return torch.nn.functional.pad(x, extra)
+
+    return pad(a), pad(b)
+
+
+def _gram_pair(fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angular CKA's points K̂ = F Fᵀ (unit Frobenius norm) in the basis of one QR of [F_a, F_b]: R_a R_aᵀ and
+    R_b R_bᵀ have the Grams' norms and distance with no m × m matrix and no cancellation."""
+    r = torch.linalg.qr(torch.cat([fa, fb], dim=1), mode="r")[1]
+    ra, rb = r[:, :fa.shape[1]], r[:, fa.shape[1]:]
+    return ra @ ra.mT, rb @ rb.mT
+
+
+def _conv_per_shift(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """‖Σ_{i,p} x_w[i,:,p] y_w[i,:,p+s]ᵀ‖_* for every circular spatial shift s (H × W), from the maps' spectra
+    (Williams et al. 2021 §3.4): the channel cross-covariance at every shift is one inverse FFT."""
     if fa.shape[2:] != fb.shape[2:]:
         raise SurveyError(f"conv maps have spatial sizes {tuple(fa.shape[2:])} and {tuple(fb.shape[2:])}; "
                           "pool both to one height × width first")
     per_shift = torch.fft.ifft2(torch.einsum("mahw,mbhw->abhw", fa.conj(), fb)).real
-    per_shift = per_shift.permute(2, 3, 0, 1).reshape(-1, *per_shift.shape[:2])
-    return float(torch.linalg.svdvals(per_shift).sum(dim=-1).max())
+    return torch.linalg.svdvals(per_shift.permute(2, 3, 0, 1)).sum(dim=-1)
 
 
-def _stochastic_cross(a: Gaussians, b: Gaussians, alpha: float) -> float:
+def _conv_pair(fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whitened maps x_w and Q y_w shifted by the best shift s (Q: Procrustes over channels at that shift)."""
+    shift = np.unravel_index(int(_conv_per_shift(fa, fb).argmax()), fa.shape[2:])
+    x, y = _pad_columns(torch.fft.ifft2(fa).real, torch.fft.ifft2(fb).real, dim=1)
+    y = torch.roll(y, (-int(shift[0]), -int(shift[1])), dims=(2, 3))  # y_s[p] = y[p + s]
+    rotation = _polar(torch.einsum("mahw,mbhw->ab", x, y))
+    return x, torch.einsum("ab,mbhw->mahw", rotation, y)
+
+
+def _stochastic_alignment(a: Gaussians, b: Gaussians, alpha: float) -> tuple[float, torch.Tensor]:
     """max over orthogonal Q of (2−α) Σ_i μ_iᵀ Q ν_i + α Σ_i ‖L_iᵀ Q K_i‖_* (Duong et al. 2023 eq. 7), where
     Σ_i = L_i L_iᵀ and Ψ_i = K_i K_iᵀ: ‖L_iᵀ Q K_i‖_* = ‖Σ_i^½ Q Ψ_i^½ Qᵀ‖_* is the Bures fidelity term.
 
@@ -312,22 +384,57 @@ def _stochastic_cross(a: Gaussians, b: Gaussians, alpha: float) -> float:
     steps (per-stimulus W_i, then the shared Q) increase it monotonically. All starts run together as one batch:
     the means' Procrustes solution, the moment-matched one, the identity and `STOCHASTIC_RANDOM_STARTS` fixed
     pseudo-random rotations each take `STOCHASTIC_HEAT_ITER` steps; the best `STOCHASTIC_KEEP` go on to
-    convergence and the largest value is returned.
+    convergence; returns the largest value and its rotation Q.
     """
     (mu, factor_a), (nu, factor_b) = _pad_units(a, b)
     n = mu.shape[1]
     mean_cross = (2.0 - alpha) * mu.mT @ nu  # Σ_i μ_i ν_iᵀ, weighted
     eye = torch.eye(n, dtype=mu.dtype, device=mu.device)
     if alpha == 0.0:  # means only: Procrustes in closed form
-        return float(torch.linalg.svdvals(mean_cross).sum())
+        return float(torch.linalg.svdvals(mean_cross).sum()), _polar(mean_cross)
     moments = (factor_a @ factor_a.mT @ factor_b @ factor_b.mT).sum(dim=0)
     generator = torch.Generator().manual_seed(n)
     random = torch.randn(STOCHASTIC_RANDOM_STARTS, n, n, generator=generator, dtype=mu.dtype).to(mu.device)
     starts = torch.cat([torch.stack([mu.mT @ nu, mean_cross + alpha * moments, eye]), random])
     values, q = _stochastic_ascent(_polar(starts), mean_cross, factor_a, factor_b, alpha, STOCHASTIC_HEAT_ITER)
     best = torch.topk(values, min(STOCHASTIC_KEEP, len(values))).indices
-    values, _ = _stochastic_ascent(q[best], mean_cross, factor_a, factor_b, alpha, STOCHASTIC_MAX_ITER)
-    return float(values.max())
+    values, q = _stochastic_ascent(q[best], mean_cross, factor_a, factor_b, alpha, STOCHASTIC_MAX_ITER)
+    top = int(values.argmax())
+    return float(values[top]), q[top]
+
+
+def _stochastic_pair(a: Gaussians, b: Gaussians, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[√(2−α) μ, √α L_i W_i] and [√(2−α) ν Qᵀ, √α Q K_i], flattened: their distance² is
+    Σ_i (2−α)‖μ_i − Qν_i‖² + α ‖L_i W_i − Q K_i‖², the metric's d² at Q, with W_i = polar(L_iᵀ Q K_i) the Bures
+    alignment of each stimulus (Duong et al. 2023 eq. 7). The residual is first order in the error of Q where the
+    cross term is second order, so the ascent goes on from the best Q for as long as the residual still falls."""
+    _, q = _stochastic_alignment(a, b, alpha)
+    (mu, factor_a), (nu, factor_b) = _pad_units(a, b)
+    factor_a, factor_b = _pad_columns(factor_a, factor_b)  # the same k: every W_i is square and orthogonal
+    mean_cross = (2.0 - alpha) * mu.mT @ nu
+    means_weight, bures_weight = (2.0 - alpha) ** 0.5, alpha**0.5
+    best, pair = np.inf, None
+    for _ in range(STOCHASTIC_REFINE_ITER):
+        w, _ = _bures_alignment(q.unsqueeze(0), factor_a, factor_b)
+        candidate = (torch.cat([means_weight * mu.flatten(), bures_weight * (factor_a @ w[0]).flatten()]),
+                     torch.cat([means_weight * (nu @ q.mT).flatten(), bures_weight * (q @ factor_b).flatten()]))
+        # the chord between the unit vectors: scale-free, so it sees Q improve even when ‖a‖ ≠ ‖b‖ dominates ‖a − b‖
+        residual = float(torch.linalg.norm(candidate[0] / torch.linalg.norm(candidate[0])
+                                           - candidate[1] / torch.linalg.norm(candidate[1])))
+        if residual >= best:
+            break
+        best, pair = residual, candidate
+        q = _polar(mean_cross + alpha * (factor_a @ w[0] @ factor_b.mT).sum(dim=0))
+    return pair
+
+
+def _bures_alignment(q: torch.Tensor, factor_a: torch.Tensor, factor_b: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
+    """For a batch of rotations Q (s × n × n): the per-stimulus Bures rotations W_i = polar(L_iᵀ Q K_i)
+    (s × m × k_a × k_b) and the fidelity terms Σ_i ‖L_iᵀ Q K_i‖_* (s)."""
+    u, s, vh = torch.linalg.svd(factor_a.mT.unsqueeze(0) @ q.unsqueeze(1) @ factor_b.unsqueeze(0),
+                                full_matrices=False)
+    return u @ vh, s.sum(dim=(-2, -1))
 
 
 def _stochastic_ascent(
@@ -338,27 +445,21 @@ def _stochastic_ascent(
     Q = polar(Σμνᵀ + α Σ_i L_i W_i K_iᵀ), until no start improves by more than the tolerance.
     Returns the objective of every start (s) and the last rotations."""
     value = torch.full((len(q),), -torch.inf, dtype=q.dtype, device=q.device)
-    left, right = factor_a.mT.unsqueeze(0), factor_b.unsqueeze(0)  # 1 × m × k_a × n, 1 × m × n × k_b
     for _ in range(max_iter):
-        u, s, vh = torch.linalg.svd(left @ q.unsqueeze(1) @ right, full_matrices=False)
-        new = (mean_cross * q).sum(dim=(-2, -1)) + alpha * s.sum(dim=(-2, -1))
+        w, fidelity = _bures_alignment(q, factor_a, factor_b)
+        new = (mean_cross * q).sum(dim=(-2, -1)) + alpha * fidelity
         converged = bool(((new - value) <= STOCHASTIC_TOL * new.abs().clamp_min(1.0)).all())
         value = torch.maximum(new, value)
         if converged:
             break
-        q = _polar(mean_cross + alpha * (left.mT @ (u @ vh) @ right.mT).sum(dim=1))
+        q = _polar(mean_cross + alpha * (factor_a.unsqueeze(0) @ w @ factor_b.mT.unsqueeze(0)).sum(dim=1))
     return value, q
 
 
 def _pad_units(a: Gaussians, b: Gaussians) -> tuple[Gaussians, Gaussians]:
     """Zero-pad the narrower stochastic representation to the wider one's number of units."""
-    n = max(a[0].shape[1], b[0].shape[1])
-
-    def pad(means: torch.Tensor, factors: torch.Tensor) -> Gaussians:
-        extra = n - means.shape[1]
-        return torch.nn.functional.pad(means, (0, extra)), torch.nn.functional.pad(factors, (0, 0, 0, extra))
-
-    return pad(*a), pad(*b)
+    (mu, nu), (factor_a, factor_b) = _pad_columns(a[0], b[0]), _pad_columns(a[1], b[1], dim=1)
+    return (mu, factor_a), (nu, factor_b)
 
 
 def _polar(matrix: torch.Tensor) -> torch.Tensor:
