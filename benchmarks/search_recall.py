@@ -139,7 +139,7 @@ def write_synthetic(warehouse: Warehouse, synthetic: Synthetic, population: list
     uri = warehouse.put_bytes(f"arrays/{digest[:32]}.npz", buffer.getvalue())
     params = {"name": STIMSET, "kind": "synthetic", "n": m, "n_features": p, "distribution": "standard normal"}
     stimset_id = content_key("stim", params, digest)
-    warehouse.write_part("stimulus_sets", stimset_id, [{
+    warehouse.append_unit("stimulus_sets", stimset_id, [{
         "stimset_id": stimset_id, "name": STIMSET, "kind": "synthetic", "n_images": m, "height": 1, "width": 1,
         "channels": p, "params": canonical_json(params), "content_hash": digest, "uri": uri, **info.provenance(),
     }])
@@ -156,7 +156,7 @@ def write_synthetic(warehouse: Warehouse, synthetic: Synthetic, population: list
             "spatial_uri": None, "repeats_uri": None, "n_repeats": None, "preprocessing": canonical_json(meta),
             "content_hash": content_hash, **info.provenance(),
         })
-    warehouse.write_part("representations", content_key("reps", [r["rep_id"] for r in rows]), rows)
+    warehouse.append_unit("representations", content_key("reps", [r["rep_id"] for r in rows]), rows)
     return arrays
 
 

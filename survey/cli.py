@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from survey.catalog import TABLES, Warehouse, connect
+from survey.catalog import TABLES, Warehouse, connect, tables_named
 from survey.config import DEMO_CONFIG, STAGE_ORDER, SurveyConfig, load_config
 from survey.errors import SurveyError, one_line
 
@@ -243,7 +243,7 @@ def search(
     keep = None
     if where:
         try:
-            keep = {row[0] for row in connect(store).execute(
+            keep = {row[0] for row in connect(store, ("representations", "networks", "sessions")).execute(
                 "SELECT r.rep_id FROM representations r LEFT JOIN networks n ON r.source_id = n.network_id "
                 f"LEFT JOIN sessions s ON r.source_id = s.session_id WHERE {where}").fetchall()}
         except duckdb.Error as err:
@@ -274,7 +274,7 @@ def sql(
     format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (parquet: required).")] = None,
 ) -> None:
-    """Query the catalogs with DuckDB (in memory, read-only over the Parquet files)."""
+    """Query the catalogs with DuckDB (in memory, over each table's current Delta snapshot)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -283,7 +283,7 @@ def sql(
         raise SurveyError(f"warehouse {store.uri} does not exist; run `survey demo` or `survey run` first, "
                           "or pass --warehouse")
     try:
-        result = connect(store).sql(query)
+        result = connect(store, tables_named(query)).sql(query)
     except duckdb.Error as err:
         raise SurveyError(f"query failed: {one_line(err, 400)}") from None
     if result is None:

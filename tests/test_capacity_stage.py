@@ -54,9 +54,11 @@ def test_a_dead_representation_gets_null_estimates_and_a_reason(tmp_path, tiny_d
     warehouse = Warehouse(tmp_path / "wh")
     config = parse_config(tiny_dict)
     run_survey(config, warehouse, stages=SURVEYED[:-1], progress=False)
-    row = next(r for r in warehouse.rows("representations") if r["source_kind"] == "network")
+    natural = next(r["stimset_id"] for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
+    row = next(r for r in warehouse.rows("representations")
+               if r["source_kind"] == "network" and r["stimset_id"] == natural)
     uri, digest = warehouse.put_array(np.zeros((row["n_stimuli"], 6), np.float32))
-    warehouse.write_part("representations", "zz-dead", [{**row, "rep_id": "rep-dead", "array_uri": uri,
+    warehouse.append_unit("representations", "zz-dead", [{**row, "rep_id": "rep-dead", "array_uri": uri,
                                                          "content_hash": digest, "n_units": 6}])
     run_survey(config, warehouse, stages=("capacity",), progress=False)
     capacity, status = connect(warehouse).execute(

@@ -20,9 +20,9 @@ def _run_row(stage: str) -> dict:
 def test_parts_are_keyed_and_idempotent(tmp_path):
     warehouse = Warehouse(tmp_path / "wh")
     warehouse.ensure_writable()
-    warehouse.write_part("runs", "a", [_run_row("x")])
-    warehouse.write_part("runs", "a", [_run_row("x")])  # the same unit again replaces its own part
-    warehouse.write_part("runs", "b", [_run_row("y"), _run_row("z")])
+    warehouse.append_unit("runs", "a", [_run_row("x")])
+    warehouse.append_unit("runs", "a", [_run_row("x")])  # the same unit again replaces its own part
+    warehouse.append_unit("runs", "b", [_run_row("y"), _run_row("z")])
     assert warehouse.done_keys("runs") == {"a", "b"}
     assert connect(warehouse).execute("SELECT count(*) FROM runs").fetchone()[0] == 3
     assert warehouse.read_table("runs").num_rows == 3
@@ -31,7 +31,7 @@ def test_parts_are_keyed_and_idempotent(tmp_path):
 def test_staged_and_foreign_files_are_invisible_to_queries(tmp_path):
     warehouse = Warehouse(tmp_path / "wh")
     warehouse.ensure_writable()
-    warehouse.write_part("runs", "a", [_run_row("x")])
+    warehouse.append_unit("runs", "a", [_run_row("x")])
     table_dir = tmp_path / "wh" / "runs"
     (table_dir / ".part-b.parquet.0123.tmp").write_bytes(b"half a parquet file")  # a killed writer's leftover
     assert warehouse.done_keys("runs") == {"a"}
@@ -60,7 +60,7 @@ def test_arrays_are_content_addressed(tmp_path):
 
 
 def test_file_uri_warehouse_reads_what_a_path_warehouse_wrote(tmp_path):
-    Warehouse(tmp_path / "wh").write_part("runs", "a", [_run_row("x")])
+    Warehouse(tmp_path / "wh").append_unit("runs", "a", [_run_row("x")])
     by_uri = Warehouse(f"file://{tmp_path / 'wh'}")
     assert by_uri.done_keys("runs") == {"a"}
     assert connect(by_uri).sql("SELECT stage FROM runs").fetchall() == [("x",)]

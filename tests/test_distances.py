@@ -73,11 +73,12 @@ def test_non_finite_representation_is_named_and_its_tiles_are_not_written(tmp_pa
     tiny_dict["distances"] = {"stimuli": ["natural"], "tile_size": 50, "metrics": [{"metric": "linear"}]}
     config = parse_config(tiny_dict)
     run_survey(config, warehouse, stages=("stimuli", "networks", "sessions", "activations"), progress=False)
-    row = warehouse.rows("representations")[0]
+    natural = next(r["stimset_id"] for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
+    row = next(r for r in warehouse.rows("representations") if r["stimset_id"] == natural)
     broken = warehouse.load_array(row["array_uri"]).copy()
     broken[3, 0] = np.nan
     uri, digest = warehouse.put_array(broken)
-    warehouse.write_part("representations", "zz-broken", [{**row, "rep_id": "rep-broken", "array_uri": uri,
+    warehouse.append_unit("representations", "zz-broken", [{**row, "rep_id": "rep-broken", "array_uri": uri,
                                                            "content_hash": digest}])
     with pytest.raises(SurveyError, match="representation rep-broken has 1 non-finite values") as err:
         run_survey(config, warehouse, stages=("distances",), progress=False)

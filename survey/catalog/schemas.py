@@ -1,4 +1,4 @@
-"""The Parquet schema of every catalog table, declared once (documented in catalogs/README.md)."""
+"""The schema of every catalog table (a Delta table of Parquet files), declared once (catalogs/README.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pyarrow as pa
 _PROVENANCE = [
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("code_version", pa.string(), nullable=False),
+    pa.field("unit_key", pa.string(), nullable=False),  # the unit of work whose commit wrote the row
 ]
 
 
@@ -76,7 +77,7 @@ REPRESENTATIONS = _schema(
     pa.field("content_hash", pa.string(), nullable=False),  # of the n_stimuli × n_units array
 )
 
-SHAPE_DISTANCES = _schema(  # hive-partitioned by metric: shape_distances/metric=<metric>/part-<tile>.parquet
+SHAPE_DISTANCES = _schema(  # partitioned by metric: shape_distances/metric=<metric>/
     pa.field("rep_a", pa.string(), nullable=False),  # rep_a < rep_b: one row per unordered pair
     pa.field("rep_b", pa.string(), nullable=False),
     pa.field("stimset_id", pa.string(), nullable=False),
@@ -195,6 +196,5 @@ TABLES: dict[str, pa.Schema] = {
     "runs": RUNS,
 }
 
-# Hive partition columns per table: a part lives under <table>/<column>=<value>/ and the file itself
-# leaves the column out (DuckDB and pyarrow read it back from the folder name).
+# Partition columns per table: Delta keeps each value's files under <table>/<column>=<value>/.
 PARTITIONS: dict[str, tuple[str, ...]] = {"shape_distances": ("metric",)}

@@ -1,7 +1,11 @@
-"""The warehouse: Parquet tables and content-addressed array files under one root (any pyarrow filesystem).
+"""The warehouse: Delta Lake tables and content-addressed array files under one root (any pyarrow filesystem).
 
-Writers never expose a half-written file: every part or array is written under a temporary name that the
-readers' glob skips (a leading dot and a ``.tmp`` suffix) and then renamed into place.
+Each catalog table is a Delta table (`deltalake`, delta-rs) at ``<root>/<table>/``: Parquet data files plus a
+transaction log. A unit of work's rows land in one append commit that carries the unit's key twice: in every row's
+`unit_key` column, and as the commit's application transaction (Delta's idempotent-write `txn` action, app id = the
+key). Two writers of the same unit conflict at commit time and the loser finds the key committed, so concurrent
+runs and retried actors never duplicate a unit; readers only ever see whole commits. Array files are written under
+a temporary name (a leading dot and a ``.tmp`` suffix) and renamed into place.
 """
 
 from __future__ import annotations
@@ -9,29 +13,34 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
+import random
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from survey.catalog.schemas import PARTITIONS, TABLES
 from survey.errors import SurveyError, one_line
 from survey.hashing import array_hash
 
-_PART = re.compile(r"^part-(.+)\.parquet$")
 _COPY_CHUNK = 1 << 22
+COMMIT_ATTEMPTS = 30  # a unit's append is retried this often when other writers keep committing first
 
 
 class Warehouse:
-    """Root of the catalogs: ``<root>/<table>/part-<key>.parquet`` and ``<root>/arrays/<hash>.<ext>``.
+    """Root of the catalogs: one Delta table per catalog table under ``<root>/<table>/``, arrays under
+    ``<root>/arrays/<hash>.<ext>``.
 
     `uri` reopens the same warehouse in another process (an object-store URI keeps its query options, such
     as ``?endpoint_override=…``); array and file URIs in the tables are ``<scheme>://<path>`` (a plain
@@ -40,6 +49,7 @@ class Warehouse:
 
     def __init__(self, uri: str | os.PathLike) -> None:
         uri = str(uri)
+        self._query = ""
         if "://" in uri:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(uri)
@@ -49,6 +59,7 @@ class Warehouse:
                     "pass --warehouse a local directory or a URI pyarrow.fs understands (s3://, gs://, file://)"
                 ) from None
             self._prefix = uri.split("://", 1)[0] + "://"
+            self._query = uri.split("?", 1)[1] if "?" in uri else ""
         else:
             self.fs, self.root, self._prefix = pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute()), ""
         self.root = self.root.rstrip("/")
@@ -79,53 +90,108 @@ class Warehouse:
 
     # ---- tables -------------------------------------------------------------------------------------
 
-    def table_dir(self, table: str) -> str:
-        return f"{self.root}/{table}"
+    def table_uri(self, table: str) -> str:
+        """Where delta-rs finds `table`: a local path, or ``s3://bucket/…/<table>`` (options in `storage_options`)."""
+        local = isinstance(self.fs, pafs.LocalFileSystem)
+        return f"{self.root}/{table}" if local else f"{self._prefix}{self.root}/{table}"
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """delta-rs options for an object-store warehouse, from the URI's pyarrow-style query.
+
+        S3 commits are made safe against concurrent writers by conditional put (``If-None-Match``, which AWS S3,
+        MinIO and most S3 servers honour): ``AWS_CONDITIONAL_PUT=etag``, unless the environment chooses a DynamoDB
+        lock (``AWS_S3_LOCKING_PROVIDER=dynamodb``). Credentials come from the usual AWS_* environment variables.
+        """
+        if not self._prefix.startswith("s3"):
+            return None
+        query = {key: values[-1] for key, values in parse_qs(self._query).items()}
+        options = {"AWS_REGION": query.get("region") or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+        if "endpoint_override" in query:
+            scheme = query.get("scheme", "https")
+            options["AWS_ENDPOINT_URL"] = f"{scheme}://{query['endpoint_override']}"
+            options["AWS_ALLOW_HTTP"] = str(scheme == "http").lower()
+        if os.environ.get("AWS_S3_LOCKING_PROVIDER") != "dynamodb":
+            options["AWS_CONDITIONAL_PUT"] = "etag"
+        return options
+
+    def delta(self, table: str) -> DeltaTable | None:
+        """The current snapshot of `table`; None before its first commit."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        try:
+            return DeltaTable(self.table_uri(table), storage_options=self.storage_options)
+        except TableNotFoundError:
+            self._refuse_old_layout(table)
+            return None
+
+    def dataset(self, table: str) -> pads.Dataset:
+        """`table`'s current snapshot as an Arrow dataset with the declared schema (empty before any commit)."""
+        snapshot = self.delta(table)
+        if snapshot is None:
+            return pads.dataset(TABLES[table].empty_table())
+        return snapshot.to_pyarrow_dataset(schema=TABLES[table])
+
+    def committed(self, table: str, key: str) -> bool:
+        """Whether unit `key` has committed its rows to `table`."""
+        snapshot = self.delta(table)
+        return snapshot is not None and snapshot.transaction_version(key) is not None
 
     def done_keys(self, table: str) -> set[str]:
-        """Keys of the part files of `table` (one listing of the table's folder)."""
-        selector = pafs.FileSelector(self.table_dir(table), recursive=True, allow_not_found=True)
-        keys = set()
-        for info in self.fs.get_file_info(selector):
-            match = _PART.match(info.base_name)
-            if match and info.type == pafs.FileType.File:
-                keys.add(match.group(1))
+        """Keys of the units committed to `table`. Files holding one unit name it in their log statistics; only
+        compacted files (many units) are read, and then only their `unit_key` column."""
+        snapshot = self.delta(table)
+        if snapshot is None:
+            return set()
+        files = pa.table(snapshot.get_add_actions(flatten=True))
+        if files.num_rows == 0:
+            return set()
+        single = pc.fill_null(pc.equal(files["min.unit_key"], files["max.unit_key"]), False)
+        keys = set(pc.filter(files["min.unit_key"], single).to_pylist())
+        mixed = {path.rsplit("/", 1)[-1] for path in pc.filter(files["path"], pc.invert(single)).to_pylist()}
+        if mixed:  # file names are unique (a UUID each), so the base name finds the fragment
+            for fragment in snapshot.to_pyarrow_dataset(schema=TABLES[table]).get_fragments():
+                if fragment.path.rsplit("/", 1)[-1] in mixed:
+                    keys.update(pc.unique(fragment.to_table(columns=["unit_key"])["unit_key"]).to_pylist())
         return keys
 
-    def write_part(self, table: str, key: str, rows: list[dict]) -> int:
-        """Write `rows` as the part file of unit `key` in `table` (staged, then renamed into place).
-
-        In a partitioned table all rows of a part share the partition values, which name its folder.
-        """
-        data = pa.Table.from_pylist(rows, schema=TABLES[table])
-        folder = self.table_dir(table)
-        for column in PARTITIONS.get(table, ()):
-            values = set(data.column(column).to_pylist())
-            if len(values) != 1:
-                raise ValueError(f"part {key} of {table} spans {column} values {sorted(values)}; write one per value")
-            folder += f"/{column}={values.pop()}"
-            data = data.drop_columns(column)
-        final = f"{folder}/part-{key}.parquet"
-        self._stage_and_move(final, lambda stream: pq.write_table(data, stream))
-        return data.num_rows
+    def append_unit(self, table: str, key: str, rows: list[dict]) -> int:
+        """Append the rows of unit `key` to `table` in one atomic commit; returns the rows written (0 when the unit
+        was already committed, by this or another writer: the same unit never lands twice)."""
+        schema = TABLES[table]
+        data = pa.Table.from_pylist([{**row, "unit_key": key} for row in rows], schema=schema)
+        commit = CommitProperties(app_transactions=[Transaction(key, 1)])
+        partitions = list(PARTITIONS.get(table, ())) or None
+        for attempt in range(COMMIT_ATTEMPTS):
+            snapshot = self.delta(table)
+            if snapshot is not None and snapshot.transaction_version(key) is not None:
+                return 0
+            try:
+                write_deltalake(snapshot if snapshot is not None else self.table_uri(table), data, mode="append",
+                                partition_by=partitions, storage_options=self.storage_options,
+                                commit_properties=commit)
+                return data.num_rows
+            except (CommitFailedError, DeltaError) as err:  # a concurrent commit won: look again
+                if attempt == COMMIT_ATTEMPTS - 1 or not _is_conflict(err, snapshot is None):
+                    raise
+                time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))
+        raise AssertionError("unreachable")
 
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        """All rows of `table` (an empty table with the declared schema when nothing is written yet)."""
-        schema = TABLES[table]
-        if not self.done_keys(table):
-            return schema.empty_table().select(columns) if columns else schema.empty_table()
-        partition_columns = PARTITIONS.get(table, ())
-        partitioning = pads.partitioning(
-            pa.schema([schema.field(column) for column in partition_columns]), flavor="hive",
-        ) if partition_columns else None
-        dataset = pads.dataset(
-            self.table_dir(table), schema=schema, format="parquet", filesystem=self.fs,
-            exclude_invalid_files=False, ignore_prefixes=[".", "_"], partitioning=partitioning,
-        )
-        return dataset.to_table(columns=columns)
+        """All rows of `table` (an empty table with the declared schema when nothing is committed yet)."""
+        return self.dataset(table).to_table(columns=columns)
 
     def rows(self, table: str, columns: list[str] | None = None) -> list[dict]:
         return self.read_table(table, columns).to_pylist()
+
+    def _refuse_old_layout(self, table: str) -> None:
+        """One clear line for a warehouse written before the tables were Delta tables (Parquet parts, no log)."""
+        selector = pafs.FileSelector(f"{self.root}/{table}", recursive=True, allow_not_found=True)
+        if any(info.base_name.endswith(".parquet") for info in self.fs.get_file_info(selector)):
+            raise SurveyError(
+                f"warehouse {self.uri} holds {table}/ in the old Parquet-part layout (no Delta log); convert it in "
+                f"place with `survey migrate -w {self.uri}`, or rebuild it by running the survey into a new --warehouse"
+            )
 
     # ---- arrays and files -----------------------------------------------------------------------------
 
@@ -201,3 +267,11 @@ class Warehouse:
             with contextlib.suppress(OSError):
                 self.fs.delete_file(staged)
             raise
+
+
+def _is_conflict(error: DeltaError, creating: bool) -> bool:
+    """Whether `error` is another writer's commit winning the race (retry), not a real failure (raise)."""
+    if isinstance(error, CommitFailedError):
+        return True
+    text = str(error).lower()
+    return creating and ("already exists" in text or "version 0" in text)

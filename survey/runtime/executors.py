@@ -13,9 +13,13 @@ from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 
 
 def run_unit(stage: Stage, unit: WorkUnit, warehouse_uri: str, info: RunInfo) -> dict[str, int]:
-    """Run one unit with a fixed torch thread count (shared by both executors)."""
+    """Run one unit with a fixed torch thread count (shared by both executors); a unit that another run (or this
+    one, before an actor restart) committed since planning is skipped."""
+    warehouse = Warehouse(warehouse_uri)
+    if warehouse.committed(stage.table, unit.key):
+        return {}
     with torch_threads(info.threads):
-        return stage.run(unit, Warehouse(warehouse_uri), info)
+        return stage.run(unit, warehouse, info)
 
 
 class Executor(Protocol):

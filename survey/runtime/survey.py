@@ -84,5 +84,5 @@ def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: Run
             "units_total": len(units), "units_run": len(pending), "units_skipped": len(units) - len(pending),
             "rows": canonical_json(dict(rows)), **info.provenance(),
         }
-        warehouse.write_part("runs", f"{info.run_id}-{stage.name}", [run])
+        warehouse.append_unit("runs", f"{info.run_id}-{stage.name}", [run])
     return StageReport(stage.name, len(units), len(pending), time.perf_counter() - clock, dict(rows))

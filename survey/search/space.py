@@ -107,7 +107,7 @@ def build_space(
     warehouse.put_bytes(f"{folder}/embedder.npz", buffer.getvalue())
     uri = warehouse.put_bytes(f"{folder}/index.faiss", index.to_bytes()).rsplit("/", 1)[0]
     landmark_set = set(landmarks.tolist())
-    warehouse.write_part("embeddings", space_id, [
+    warehouse.append_unit("embeddings", space_id, [
         {"space_id": space_id, "rep_id": rep["rep_id"], "item": i, "is_landmark": i in landmark_set,
          "vector": vectors[i].astype(np.float32).tolist(), **info.provenance()}
         for i, rep in enumerate(reps)
@@ -120,7 +120,7 @@ def build_space(
         "negative_mass": full.negative_mass, "stress": kruskal_stress(matrix, vectors), "uri": uri,
         "created": datetime.now(UTC), **info.provenance(),
     }
-    warehouse.write_part("spaces", space_id, [row])
+    warehouse.append_unit("spaces", space_id, [row])
     return row
 
 

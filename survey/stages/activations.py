@@ -55,4 +55,4 @@ class ActivationsStage(Stage):
                 "repeats_uri": None, "n_repeats": None, "preprocessing": canonical_json(recipe), "content_hash": digest,
                 **info.provenance(),
             })
-        return {self.table: warehouse.write_part(self.table, unit.key, rows)}
+        return {self.table: warehouse.append_unit(self.table, unit.key, rows)}

@@ -64,13 +64,13 @@ class CapacityStage(Stage):
                        for field in ("center_alignment", "axis_alignment", "center_axis_alignment")},
             "decodability": _or_none(decodability, manifolds, seed=settings.seed), "chance": 1.0 / len(manifolds),
         }
-        written = {"alignment": warehouse.write_part("alignment", unit.key, [aligned])}
+        written = {"alignment": warehouse.append_unit("alignment", unit.key, [aligned])}
         row = {
             **base, "source_kind": rep["source_kind"], "n_manifolds": len(manifolds),
             "n_points": min(m.shape[1] for m in manifolds), "n_features": manifolds[0].shape[0],
             "kappa": settings.kappa, "n_t": settings.n_t, "simulated_capacity": simulated, **geometry,
         }
-        written[self.table] = warehouse.write_part(self.table, unit.key, [row])
+        written[self.table] = warehouse.append_unit(self.table, unit.key, [row])
         return written
 
 

@@ -85,7 +85,7 @@ class DistancesStage(Stage):
                 "alpha": metric.alpha, "score_method": metric.score, "center": metric.center,
                 "distance": float(value), **info.provenance(),
             })
-        return {self.table: warehouse.write_part(self.table, unit.key, out)}
+        return {self.table: warehouse.append_unit(self.table, unit.key, out)}
 
 
 @lru_cache(maxsize=256)

@@ -89,7 +89,7 @@ class NetworksStage(Stage):
             weights_uri = warehouse.put_file(path, digest, ".safetensors")
         row.update(network_id=unit.key, spec=json.dumps(spec, sort_keys=True), n_params=n_params(module),
                    weights_uri=weights_uri, content_hash=digest, **info.provenance())
-        return {self.table: warehouse.write_part(self.table, unit.key, [row])}
+        return {self.table: warehouse.append_unit(self.table, unit.key, [row])}
 
 
 def load_network(row: dict, warehouse: Warehouse) -> tuple[nn.Module, dict]:

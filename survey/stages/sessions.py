@@ -118,8 +118,8 @@ class SessionsStage(Stage):
             "n_repeats": min(r.shape[1] for r in recorded.responses.values()), "synthetic": synthetic,
             "source_uri": source_uri, "content_hash": stable_hash(hashes), **info.provenance(),
         }
-        written = {"representations": warehouse.write_part("representations", unit.key, reps)}
-        written[self.table] = warehouse.write_part(self.table, unit.key, [session])
+        written = {"representations": warehouse.append_unit("representations", unit.key, reps)}
+        written[self.table] = warehouse.append_unit(self.table, unit.key, [session])
         return written
 
 

@@ -41,7 +41,7 @@ class StimuliStage(Stage):
             "width": width, "channels": channels, "params": spec.model_dump_json(), "content_hash": digest,
             "uri": uri, **info.provenance(),
         }
-        return {self.table: warehouse.write_part(self.table, unit.key, [row])}
+        return {self.table: warehouse.append_unit(self.table, unit.key, [row])}
 
 
 def stimset_id(spec: StimulusSpec) -> str:

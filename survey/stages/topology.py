@@ -79,4 +79,4 @@ class TopologyStage(Stage):
                 "reliability_agreement": None if agreement is None else float(agreement[i]),
                 **info.provenance(),
             })
-        return {self.table: warehouse.write_part(self.table, unit.key, rows)}
+        return {self.table: warehouse.append_unit(self.table, unit.key, rows)}
