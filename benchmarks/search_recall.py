@@ -11,7 +11,7 @@ dimensions (S: the stimulus features; W: the family's weights, drawn around its 
 families have relatives; φ: a random nonlinearity and gain). A member mixes the base by a random near-identity
 invertible matrix, embeds it in 2/3, 1 or 4/3 × `--units` units by a random isometry, and adds noise; mixing
 strength and noise grow along the family (graded levels, family-specific scale). The real `distances` stage
-(local executor) fills `shape_distances`, `build_space` embeds and indexes them, and then
+(local executor) fills `shape_distances`, the real `spaces` stage embeds and indexes them, and then
   (i) stored queries: `SearchService.neighbors(rep, 10)` with the default shortlist, at shortlists 20 and 100,
       and with `rerank=False` (the embedding alone), against the exact top 10 of the catalog's distance matrix;
   (ii) out-of-sample queries: fresh members not in the space, `SearchService.search(array, 10)` (landmark MDS
@@ -27,7 +27,6 @@ there with --dim/--landmarks when the distances exist but no space does), every 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -35,129 +34,51 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from survey.catalog import Warehouse
-from survey.config import DistanceMetric, DistancesConfig, ExecutorConfig, SurveyConfig
-from survey.hashing import array_hash, canonical_json, content_key
+from survey.catalog import Warehouse, connect
+from survey.config import DistanceMetric, DistancesConfig, ExecutorConfig, SpacesConfig, SpaceSpec, SurveyConfig
 from survey.metrics.shape import ShapeMetric
 from survey.runtime.survey import run_survey
-from survey.search.space import Neighbor, SearchService, Space, build_space, distance_matrix
+from survey.search.space import SHORTLIST, Neighbor, SearchService, Space
+from survey.sources.families import Synthetic, write_representations
 from survey.stages import RunInfo
 
 K = 10
 METRIC = DistanceMetric(metric="linear", alpha=1.0, score="angular", center=True)
 STIMSET = "synthetic"
 CURVE = (10, 15, 20, 30, 40, 60, 80, 100, 150, 200, 300)
-NONLINEARITIES = {
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "softplus": lambda x: np.logaddexp(0.0, x),
-    "sin": np.sin,
-    "abs": np.abs,
-    "cubic": lambda x: x**3 / (1.0 + x**2),
-}
-
-
 def log(message: str) -> None:
     print(f"[search_recall] {message}", file=sys.stderr, flush=True)
 
 
-# ---- synthetic representations ----------------------------------------------------------------------
+def build_space(warehouse: Warehouse, stimset: str, dim: int, landmarks: int, threads: int = 1) -> tuple[dict, float]:
+    """Run the `spaces` stage for METRIC on `stimset`; returns the space's row and the seconds it took."""
+    spec = SpaceSpec(metric=METRIC, stimuli=stimset, dim=dim, landmarks=landmarks)
+    config = SurveyConfig(name="search-recall-space", executor=ExecutorConfig(kind="local", threads_per_worker=threads),
+                          spaces=SpacesConfig(build=(spec,)), stages=("spaces",))
+    start = time.perf_counter()
+    run_survey(config, warehouse, progress=False)
+    seconds = time.perf_counter() - start
+    return max((r for r in warehouse.rows("spaces") if r["name"] == spec.label), key=lambda r: r["created"]), seconds
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str
-    superfamily: int
-    nonlinearity: str
-    base: np.ndarray  # m × latent, zero-mean columns
-    noise: float  # noise at the top of the family's graded levels, relative to the signal's RMS
-    mixing: float  # strength of the non-orthogonal mixing at the top level
-
-
-class Synthetic:
-    """Families of related representations over one set of random stimulus features (see the module docstring)."""
-
-    def __init__(self, n_families: int, n_stimuli: int, units: int, seed: int, n_features: int = 16,
-                 family_size: int = 10) -> None:
-        rng = np.random.default_rng(seed)
-        self.rng = np.random.default_rng(seed + 1)
-        self.units, self.latent = units, max(2, units // 2)
-        self.widths = sorted({max(self.latent, round(units * 2 / 3)), units, round(units * 4 / 3)})
-        self.features = rng.normal(size=(n_stimuli, n_features))
-        supers = rng.normal(size=(max(1, n_families // family_size), n_features, self.latent)) / np.sqrt(n_features)
-        self.families = []
-        for f in range(n_families):
-            superfamily = f % len(supers)
-            weights = supers[superfamily] + 0.6 * rng.normal(size=supers[superfamily].shape) / np.sqrt(n_features)
-            name = sorted(NONLINEARITIES)[rng.integers(len(NONLINEARITIES))]
-            base = NONLINEARITIES[name](rng.uniform(0.5, 2.0) * self.features @ weights)
-            self.families.append(Family(f"synfam-{f:04d}", superfamily, name, base - base.mean(axis=0),
-                                        noise=float(rng.uniform(0.2, 1.0)), mixing=float(rng.uniform(0.1, 0.6))))
-
-    def member(self, family: Family, level: float, width: int | None = None) -> tuple[np.ndarray, dict]:
-        """One member at `level` in (0, 1]: base · (I + level·mixing·G) · isometry into `width` units + noise."""
-        rng = self.rng
-        width = width or int(rng.choice(self.widths))
-        mix = np.eye(self.latent) + level * family.mixing * rng.normal(size=(self.latent, self.latent)) / np.sqrt(
-            self.latent)
-        isometry = np.linalg.qr(rng.normal(size=(width, self.latent)))[0].T  # latent × width, orthonormal rows
-        signal = family.base @ mix @ isometry
-        sigma = level * family.noise * np.sqrt((signal**2).mean())
-        array = (signal + sigma * rng.normal(size=signal.shape)).astype(np.float32)
-        return array, {"family": family.name, "superfamily": family.superfamily, "level": round(float(level), 4),
-                       "width": width, "nonlinearity": family.nonlinearity}
-
-    def population(self, n: int) -> list[tuple[np.ndarray, dict]]:
-        """n members spread over the families; within a family the levels are graded from low to high."""
-        sizes = np.full(len(self.families), n // len(self.families))
-        sizes[: n % len(self.families)] += 1
-        out = []
-        for family, size in zip(self.families, sizes, strict=True):
-            out += [self.member(family, (j + 1) / size) for j in range(size)]
-        return out
-
-    def fresh(self, count: int) -> list[tuple[np.ndarray, dict]]:
-        """Out-of-sample members: random families, levels and widths."""
-        picks = self.rng.integers(len(self.families), size=count)
-        return [self.member(self.families[f], float(self.rng.uniform(0.05, 1.0))) for f in picks]
-
-
-def write_synthetic(warehouse: Warehouse, synthetic: Synthetic, population: list[tuple[np.ndarray, dict]]) -> dict:
-    """The stimulus-set row and one `representations` row + stored array per member; returns {rep_id: array}."""
-    info = RunInfo(uuid.uuid4().hex[:16])
-    features = synthetic.features.astype(np.float32)
-    m, p = features.shape
-    digest = array_hash(features)
-    buffer = io.BytesIO()
-    np.savez(buffer, images=features.reshape(m, p, 1, 1), labels=np.zeros(m, np.int64),
-             coords=np.zeros((m, 0), np.float32), features=features)
-    uri = warehouse.put_bytes(f"arrays/{digest[:32]}.npz", buffer.getvalue())
-    params = {"name": STIMSET, "kind": "synthetic", "n": m, "n_features": p, "distribution": "standard normal"}
-    stimset_id = content_key("stim", params, digest)
-    warehouse.append_unit("stimulus_sets", stimset_id, [{
-        "stimset_id": stimset_id, "name": STIMSET, "kind": "synthetic", "n_images": m, "height": 1, "width": 1,
-        "channels": p, "params": canonical_json(params), "content_hash": digest, "uri": uri, **info.provenance(),
-    }])
-    rows, arrays, counters = [], {}, {}
-    for array, meta in population:
-        index = counters[meta["family"]] = counters.get(meta["family"], -1) + 1
-        array_uri, content_hash = warehouse.put_array(array)
-        rep_id = content_key("rep", meta["family"], index, content_hash)
-        arrays[rep_id] = array
-        rows.append({
-            "rep_id": rep_id, "source_kind": "network", "source_id": meta["family"], "source_name": meta["family"],
-            "layer_or_area": f"member{index:03d}", "layer_index": index, "depth": meta["level"],
-            "stimset_id": stimset_id, "n_stimuli": m, "n_units": array.shape[1], "array_uri": array_uri,
-            "spatial_uri": None, "repeats_uri": None, "n_repeats": None, "preprocessing": canonical_json(meta),
-            "content_hash": content_hash, **info.provenance(),
-        })
-    warehouse.append_unit("representations", content_key("reps", [r["rep_id"] for r in rows]), rows)
-    return arrays
+def stored_matrix(warehouse: Warehouse, stimset_id: str) -> tuple[list[str], np.ndarray]:
+    """Brute-force ground truth: the ids of the representations METRIC compares on `stimset_id` (sorted) and their
+    full N × N matrix from `shape_distances`, read as Arrow columns (a benchmark's check, not the engine's path)."""
+    pairs = connect(warehouse, ["shape_distances"]).sql(
+        f"""SELECT rep_a, rep_b, distance FROM shape_distances WHERE stimset_id = '{stimset_id}'
+            AND metric = '{METRIC.metric}' AND alpha = {METRIC.alpha} AND score_method = '{METRIC.score}'
+            AND center = {METRIC.center}""").to_arrow_table()
+    ids = sorted(set(pairs["rep_a"].to_pylist()) | set(pairs["rep_b"].to_pylist()))
+    index = {rep: i for i, rep in enumerate(ids)}
+    rows = np.array([index[rep] for rep in pairs["rep_a"].to_pylist()])
+    cols = np.array([index[rep] for rep in pairs["rep_b"].to_pylist()])
+    matrix = np.zeros((len(ids), len(ids)))
+    matrix[rows, cols] = matrix[cols, rows] = pairs["distance"].to_numpy()
+    return ids, matrix
 
 
 # ---- measurement ----------------------------------------------------------------------------------------
@@ -210,7 +131,7 @@ class ShortlistStats:
         }
 
 
-DEFAULT_SHORTLIST = max(4 * K, 40)  # what SearchService uses when `shortlist` is not given
+DEFAULT_SHORTLIST = max(10 * K, SHORTLIST)  # what SearchService uses when `shortlist` is not given
 
 
 def measure(call: Callable[..., list[Neighbor]], queries: list, truths: list[list[str]],
@@ -295,7 +216,7 @@ def measure_out_of_sample(service: SearchService, space: Space, ids: list[str], 
 
 
 def space_summary(row: dict, build_s: float | None) -> dict:
-    keys = ("space_id", "n_items", "dim", "n_landmarks", "mds_stress", "negative_mass", "stress")
+    keys = ("space_id", "n_items", "dim", "n_landmarks", "landmarks_from", "negative_mass", "stress", "stress_pairs")
     return {**{key: row[key] for key in keys}, "build_s": None if build_s is None else round(build_s, 3)}
 
 
@@ -318,7 +239,7 @@ def run_synthetic(args: argparse.Namespace, root: str) -> dict:
         f"{synthetic.widths}; warehouse {root}")
     population = synthetic.population(args.n)
     fresh = synthetic.fresh(args.queries)
-    arrays = write_synthetic(warehouse, synthetic, population)
+    arrays = write_representations(warehouse, synthetic, population, RunInfo(uuid.uuid4().hex[:16]), STIMSET)
     config = SurveyConfig(
         name="search-recall", executor=ExecutorConfig(kind="local", threads_per_worker=args.threads),
         distances=DistancesConfig(metrics=(METRIC,), stimuli=(STIMSET,), tile_size=128), stages=("distances",),
@@ -329,9 +250,8 @@ def run_synthetic(args: argparse.Namespace, root: str) -> dict:
     distances_s = time.perf_counter() - start
     n_pairs = args.n * (args.n - 1) // 2
     stimset_id = next(r["stimset_id"] for r in warehouse.rows("stimulus_sets") if r["name"] == STIMSET)
-    reps, matrix = distance_matrix(warehouse, METRIC, stimset_id)
-    ids = [r["rep_id"] for r in reps]
-    families = {r["rep_id"]: r["source_id"] for r in reps}
+    ids, matrix = stored_matrix(warehouse, stimset_id)
+    families = {r["rep_id"]: r["source_id"] for r in warehouse.rows("representations")}
 
     engine = ShapeMetric(METRIC.metric, METRIC.alpha, METRIC.score, METRIC.center, "cpu")
     stored = [engine.prepare(arrays[rep], rep) for rep in ids]
@@ -339,10 +259,8 @@ def run_synthetic(args: argparse.Namespace, root: str) -> dict:
     recomputed = engine.distances([stored[i] for i in check], stored).reshape(len(check), len(ids))
     catalog_error = float(np.abs(recomputed - matrix[check]).max())
 
-    log("build_space")
-    start = time.perf_counter()
-    row = build_space(warehouse, METRIC, STIMSET, RunInfo(uuid.uuid4().hex[:16]), args.dim, args.landmarks)
-    build_s = time.perf_counter() - start
+    log("spaces stage")
+    row, build_s = build_space(warehouse, STIMSET, args.dim, args.landmarks, args.threads)
     service = SearchService(warehouse)
     space = service.space(row["space_id"])
     queries = sorted(np.random.default_rng(args.seed + 2).choice(len(ids), size=min(args.queries, len(ids)),
@@ -377,11 +295,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         row = max(rows, key=lambda r: r["created"])
     else:
         log("demo: no linear alpha=1 natural space; building one")
-        start = time.perf_counter()
-        row = build_space(warehouse, METRIC, "natural", RunInfo(uuid.uuid4().hex[:16]), args.dim, args.landmarks)
-        build_s = time.perf_counter() - start
-    reps, matrix = distance_matrix(warehouse, METRIC, row["stimset_id"])
-    ids = [r["rep_id"] for r in reps]
+        row, build_s = build_space(warehouse, "natural", args.dim, args.landmarks)
+    ids, matrix = stored_matrix(warehouse, row["stimset_id"])
     service = SearchService(warehouse)
     space = service.space(row["space_id"])
     log(f"demo: {len(ids)} stored queries")

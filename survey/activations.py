@@ -100,7 +100,7 @@ def extract(
                 stop = start + len(batch)
                 for name in layers:
                     output = captured[name].float()
-                    pooled = _pool(output, spatial_pool).flatten(1).cpu().numpy()
+                    pooled = pool_positions(output, spatial_pool).flatten(1).cpu().numpy()
                     if name not in flat:
                         flat[name] = np.empty((n, pooled.shape[1]), np.float32)
                         keep = keep_spatial and output.ndim == 4
@@ -114,8 +114,10 @@ def extract(
     return {name: LayerActivations(flat[name], spatial[name]) for name in layers}
 
 
-def _pool(output: torch.Tensor, spatial_pool: int) -> torch.Tensor:
+def pool_positions(output: torch.Tensor, size: int) -> torch.Tensor:
+    """Conv maps (m × C × H × W) average-pooled to at most `size` positions a side; other outputs unchanged. The
+    layer's flat representation and the conv metric's maps both come from here."""
     if output.ndim != 4:
         return output
     height, width = output.shape[-2:]
-    return F.adaptive_avg_pool2d(output, (min(height, spatial_pool), min(width, spatial_pool)))
+    return F.adaptive_avg_pool2d(output, (min(height, size), min(width, size)))

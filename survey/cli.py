@@ -17,11 +17,18 @@ from rich.console import Console
 from rich.table import Table
 
 from survey.catalog import TABLES, Warehouse, connect, tables_named
-from survey.config import DEMO_CONFIG, STAGE_ORDER, SurveyConfig, load_config
+from survey.config import (
+    DEMO_CONFIG,
+    STAGE_NAMES,
+    CatalogConfig,
+    DistancesConfig,
+    SpaceSpec,
+    SurveyConfig,
+    load_config,
+)
 from survey.errors import SurveyError, one_line
 
 DEFAULT_WAREHOUSE = "catalogs/warehouse"
-DEFAULT_DIM, DEFAULT_LANDMARKS = 32, 200  # embedding spaces (as `survey.search.space.build_space`)
 
 app = typer.Typer(help="neurosurvey: survey neural representations of networks and recorded brain areas.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -78,14 +85,14 @@ def execute(config: SurveyConfig, warehouse: str, stages: tuple[str, ...] | None
 def run(
     config: Annotated[Path, typer.Argument(help="Survey config (YAML).")],
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
-    stages: Annotated[str | None, typer.Option(help=f"Comma-separated subset of {', '.join(STAGE_ORDER)}.")] = None,
+    stages: Annotated[str | None, typer.Option(help=f"Comma-separated subset of {', '.join(STAGE_NAMES)}.")] = None,
     executor: ExecutorOption = None,
 ) -> None:
     """Run a survey config: every stage resumes where the catalog stands."""
     chosen = tuple(stages.split(",")) if stages else None
-    unknown = sorted(set(chosen or ()) - set(STAGE_ORDER))
+    unknown = sorted(set(chosen or ()) - set(STAGE_NAMES))
     if unknown:
-        raise SurveyError(f"--stages: unknown stages {unknown}; choose from {', '.join(STAGE_ORDER)}")
+        raise SurveyError(f"--stages: unknown stages {unknown}; choose from {', '.join(STAGE_NAMES)}")
     execute(with_executor(load_config(config), executor), warehouse, chosen)
 
 
@@ -165,18 +172,27 @@ def parse_metric(spec: str) -> dict:
     return parsed
 
 
+class PairsMode(StrEnum):
+    all = "all"
+    landmarks = "landmarks"
+
+
 @app.command()
 def distances(
     metric: Annotated[list[str], typer.Option(
         "--metric", "-m", help="metric[:alpha][:score], repeatable: linear:0.5, permutation, cka, stochastic:1, conv",
     )] = ["linear:1"],  # noqa: B006 - Typer reads the default, never mutates it
     stimset: Annotated[list[str] | None, typer.Option(help="Stimulus-set names (default: all in the catalog).")] = None,
-    tile_size: Annotated[int, typer.Option(help="Representations a side of one tile (one unit of work).")] = 64,
+    pairs: Annotated[PairsMode, typer.Option(help="all pairs, or only the rows of maxmin landmarks.")] = PairsMode.all,
+    landmarks: Annotated[int, typer.Option(help="Landmarks mode: rows to compute.")] = DistancesConfig().landmarks,
+    tile_size: Annotated[int, typer.Option(help="Representations per block (a tile pairs two blocks).")] = (
+        DistancesConfig().tile_size),
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
     executor: ExecutorOption = None,
 ) -> None:
-    """All pairwise shape distances between the catalog's representations, per stimulus set and metric."""
-    settings = {"metrics": [parse_metric(spec) for spec in metric], "stimuli": stimset or None, "tile_size": tile_size}
+    """Pairwise shape distances between the catalog's representations, per stimulus set and metric."""
+    settings = {"metrics": [parse_metric(spec) for spec in metric], "stimuli": stimset or None, "pairs": pairs.value,
+                "landmarks": landmarks, "tile_size": tile_size}
     try:
         config = SurveyConfig.model_validate({"name": "distances", "distances": settings, "stages": ["distances"]})
     except ValidationError as err:
@@ -192,28 +208,25 @@ class IndexKind(StrEnum):
 @index_app.command("build")
 def index_build(
     metric: Annotated[str, typer.Option("--metric", "-m", help="metric[:alpha][:score], distances stored.")] = "linear",
-    stimset: Annotated[str, typer.Option(help="Stimulus-set name.")] = "natural",
-    dim: Annotated[int, typer.Option(help="Embedding dimensions.")] = DEFAULT_DIM,
-    landmarks: Annotated[int, typer.Option(help="Landmarks for out-of-sample queries.")] = DEFAULT_LANDMARKS,
+    stimset: Annotated[str, typer.Option(help="Stimulus-set name.")] = SpaceSpec().stimuli,
+    dim: Annotated[int, typer.Option(help="Embedding dimensions.")] = SpaceSpec().dim,
+    landmarks: Annotated[int, typer.Option(help="Landmarks for out-of-sample queries.")] = SpaceSpec().landmarks,
     kind: Annotated[IndexKind, typer.Option(help="flat (exact) or hnsw.")] = IndexKind.flat,
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    executor: ExecutorOption = None,
 ) -> None:
-    """Embed one stimulus set's representations under one metric and index them (a new space version)."""
-    import uuid
-
-    from survey.config import DistanceMetric
-    from survey.search.space import build_space
-    from survey.stages import RunInfo
-
-    store = Warehouse(warehouse)
-    store.ensure_writable()
+    """Embed one stimulus set's representations under one metric and index them (the `spaces` stage)."""
+    spec = {"metric": parse_metric(metric), "stimuli": stimset, "dim": dim, "landmarks": landmarks, "kind": kind.value}
     try:
-        chosen = DistanceMetric(**parse_metric(metric))
+        config = SurveyConfig.model_validate({"name": "spaces", "spaces": {"build": [spec]}, "stages": ["spaces"]})
     except ValidationError as err:
         raise SurveyError(f"--metric: {one_line(err.errors()[0]['msg'])}") from None
-    row = build_space(store, chosen, stimset, RunInfo(uuid.uuid4().hex[:16]), dim, landmarks, kind.value)
-    _print_table(["space_id", "name", "n_items", "dim", "n_landmarks", "mds_stress", "negative_mass", "stress"],
-                 [row], title="space")
+    execute(with_executor(config, executor), warehouse)
+    from survey.search.space import SearchService
+
+    rows = [row for row in SearchService(Warehouse(warehouse)).spaces() if row["name"] == config.spaces.build[0].label]
+    _print_table(["space_id", "name", "n_items", "dim", "n_landmarks", "landmarks_from", "negative_mass", "stress"],
+                 rows[-1:], title="space")
 
 
 @index_app.command("ls")
@@ -221,7 +234,7 @@ def index_ls(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
     """List the embedding spaces."""
     from survey.search.space import SearchService
 
-    columns = ["space_id", "name", "n_items", "dim", "index_kind", "negative_mass", "stress", "created"]
+    columns = ["space_id", "name", "n_items", "dim", "n_landmarks", "index_kind", "negative_mass", "stress", "created"]
     _print_table(columns, SearchService(Warehouse(warehouse)).spaces())
 
 
@@ -278,10 +291,7 @@ def sql(
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    store = Warehouse(warehouse)
-    if not store.exists():
-        raise SurveyError(f"warehouse {store.uri} does not exist; run `survey demo` or `survey run` first, "
-                          "or pass --warehouse")
+    store = _existing(warehouse)
     try:
         result = connect(store, tables_named(query)).sql(query)
     except duckdb.Error as err:
@@ -300,6 +310,42 @@ def sql(
         output.write_text(text) if output else print(text)
     else:
         _print_table(data.column_names, data.to_pylist())
+
+
+@app.command()
+def compact(
+    table: Annotated[list[str] | None, typer.Option(help="Tables to compact (repeatable; default: all).")] = None,
+    retention_hours: Annotated[int, typer.Option(help=(
+        "Vacuum files superseded (or left by killed writers) longer ago than this. 0 frees space at once, but only "
+        "when no query or survey is running on the warehouse."))] = CatalogConfig().vacuum_hours,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+) -> None:
+    """Compact the catalog tables' small files into large ones and vacuum superseded files (no row changes)."""
+    store = _existing(warehouse)
+    chosen = table or list(TABLES)
+    unknown = sorted(set(chosen) - set(TABLES))
+    if unknown:
+        raise SurveyError(f"--table: unknown tables {unknown}; choose from {', '.join(TABLES)}")
+    _print_table(["table", "files_removed", "files_added", "files_vacuumed"],
+                 [{"table": name, **store.compact(name, retention_hours)} for name in chosen], title="compaction")
+
+
+@app.command()
+def migrate(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
+    """Convert a warehouse of the old layout (Parquet parts, no Delta log) in place; shape distances and spaces,
+    keyed otherwise before, are dropped for `survey run` to recompute."""
+    store = _existing(warehouse)
+    rows = [{"table": name, "rows": converted} for name in TABLES
+            if (converted := store.migrate_old_layout(name)) is not None]
+    _print_table(["table", "rows"], rows, title="converted to Delta tables (0: dropped, recomputed by its stage)")
+
+
+def _existing(warehouse: str) -> Warehouse:
+    store = Warehouse(warehouse)
+    if not store.exists():
+        raise SurveyError(f"warehouse {store.uri} does not exist; run `survey demo` or `survey run` first, "
+                          "or pass --warehouse")
+    return store
 
 
 @app.command()
@@ -373,25 +419,24 @@ def submit(
         raise SurveyError(f"Ray job ended {status}; read its logs with `ray job logs` on {address}")
 
 
-def _print_nearest_networks(store: Warehouse, area: str = "IT", stimset: str = "natural") -> None:
-    """Build (or reuse) the linear alpha=1 space of `stimset` and print the five networks nearest to one area."""
-    import uuid
+def _print_nearest_networks(store: Warehouse, area: str = "IT") -> None:
+    """The five networks nearest to one recorded area in the newest embedding space."""
+    from survey.search.space import SearchService
 
-    from survey.config import DistanceMetric
-    from survey.search.space import SearchService, build_space
-    from survey.stages import RunInfo
-
-    space = build_space(store, DistanceMetric(), stimset, RunInfo(uuid.uuid4().hex[:16]))
     service = SearchService(store)
-    recorded = sorted(rep for rep, row in service.metadata.items() if row["area"] == area
-                      and row["stimset_id"] == space["stimset_id"])
-    neighbours = service.neighbors(recorded[0], 5, space["space_id"], service.matching(source_kind="network"))
+    if not service.spaces():
+        return
+    space = service.space()
+    recorded = sorted(rep for rep, row in service.metadata.items() if row["area"] == area and rep in space.item)
+    if not recorded:
+        return
+    neighbours = service.neighbors(recorded[0], 5, space.row["space_id"], service.matching(source_kind="network"))
     _print_table(["rank", "network", "layer", "objective", "distance", "exact"], [
         {"rank": i + 1, "network": n.metadata["source_name"], "layer": n.metadata["layer_or_area"],
          "objective": n.metadata["objective"], "distance": f"{n.distance:.3f}", "exact": n.exact}
         for i, n in enumerate(neighbours)
     ], title=f"five networks nearest to {area} of {service.metadata[recorded[0]]['source_name']} "
-             f"({space['name']}, space {space['space_id']})")
+             f"({space.row['name']}, space {space.row['space_id']})")
 
 
 def _print_query(connection: duckdb.DuckDBPyConnection, title: str, query: str) -> None:

@@ -13,7 +13,9 @@ from survey.metrics.shape import ShapeMetric
 from survey.sources.zoo import TrainConfig
 from survey.stimuli import StimulusSpec
 
-STAGE_ORDER = ("stimuli", "networks", "sessions", "activations", "distances", "capacity", "topology")
+# every stage's name; the order they run in follows from the tables each reads and writes (survey.runtime.survey)
+STAGE_NAMES = ("stimuli", "networks", "sessions", "activations", "distances", "capacity", "topology", "spaces")
+CONV_SIZE = 4  # conv metric: maps are average-pooled to this many positions a side (distances and their spaces)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
@@ -121,12 +123,15 @@ class DistanceMetric(_Strict):
 
 
 class DistancesConfig(_Strict):
-    """All pairwise shape distances per stimulus set, networks and sessions together, for every metric."""
+    """Shape distances per stimulus set, networks and sessions together, for every metric: all pairs, or only the
+    rows of landmarks chosen by maxmin (enough for an embedding space when all pairs are too many)."""
 
     metrics: tuple[DistanceMetric, ...] = (DistanceMetric(),)
     stimuli: tuple[str, ...] | None = None  # catalog stimulus-set names; None: those of `activations`, else all
-    tile_size: int = Field(64, ge=2)  # representations a side of one tile of the N × N triangle
-    conv_size: int = Field(4, ge=1)  # conv metric: maps are average-pooled to this many positions a side
+    pairs: Literal["all", "landmarks"] = "all"
+    landmarks: int = Field(200, ge=2)  # landmarks mode: rows computed (one landmark per round)
+    tile_size: int = Field(64, ge=2)  # representations per block; a unit of work is a tile between two blocks
+    conv_size: int = Field(CONV_SIZE, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -150,6 +155,35 @@ class TopologyConfig(_Strict):
     smooth: bool = True  # recorded neurons: smooth each map at its noise level before counting
 
 
+class SpaceSpec(_Strict):
+    """One embedding space: a metric configuration's stored distances on one stimulus set, embedded by landmark MDS
+    and indexed in FAISS (DESIGN §5.4)."""
+
+    metric: DistanceMetric = DistanceMetric()
+    stimuli: str = "natural"  # stimulus-set name
+    dim: int = Field(32, ge=1)
+    landmarks: int = Field(200, ge=3)
+    kind: Literal["flat", "hnsw"] = "flat"
+    conv_size: int = Field(CONV_SIZE, ge=1)  # conv metric: as the distances were computed
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric.label} · {self.stimuli}"
+
+
+class SpacesConfig(_Strict):
+    build: tuple[SpaceSpec, ...] = (SpaceSpec(),)
+
+
+class CatalogConfig(_Strict):
+    """Upkeep of the Delta tables: a stage compacts a table it wrote once it holds `compact_after` small files, and
+    vacuums files superseded more than `vacuum_hours` ago (a query running that long still finds its files)."""
+
+    compact_after: int = Field(64, ge=2)
+    small_file_bytes: int = Field(16 << 20, ge=1)
+    vacuum_hours: int = Field(1, ge=0)
+
+
 class SurveyConfig(_Strict):
     """A whole survey; each section configures one stage, and `stages` picks which run."""
 
@@ -163,7 +197,9 @@ class SurveyConfig(_Strict):
     distances: DistancesConfig | None = None
     capacity: CapacityConfig | None = None
     topology: TopologyConfig | None = None
-    stages: tuple[Literal[STAGE_ORDER], ...] = STAGE_ORDER  # type: ignore[valid-type]
+    spaces: SpacesConfig | None = None
+    catalog: CatalogConfig = CatalogConfig()
+    stages: tuple[Literal[STAGE_NAMES], ...] = STAGE_NAMES  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _names_resolve(self) -> SurveyConfig:

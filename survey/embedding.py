@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.spatial.distance import pdist, squareform
 
 from survey.errors import SurveyError
 
@@ -91,12 +90,19 @@ def _spectrum_summary(eigenvalues: np.ndarray, n_components: int) -> tuple[float
     return negative_mass, explained, n_positive
 
 
-def kruskal_stress(matrix: np.ndarray, vectors: np.ndarray) -> float:
-    """Kruskal stress-1 between the distances of `matrix` and those of `vectors`, over pairs i < j."""
-    given = squareform(matrix, checks=False)
+def pair_stress(given: np.ndarray, vectors_a: np.ndarray, vectors_b: np.ndarray) -> float:
+    """Kruskal stress-1 over a set of pairs: sqrt(Σ (d_ij − ‖x_i − x_j‖)² / Σ d_ij²), with `given` the pairs' d_ij
+    and `vectors_a`, `vectors_b` their embedded endpoints (a sample of pairs estimates the stress of all)."""
     if given.size == 0 or not given.any():
         return 0.0
-    return float(np.sqrt(((given - pdist(vectors)) ** 2).sum() / (given**2).sum()))
+    embedded = np.linalg.norm(vectors_a - vectors_b, axis=1)
+    return float(np.sqrt(((given - embedded) ** 2).sum() / (given**2).sum()))
+
+
+def kruskal_stress(matrix: np.ndarray, vectors: np.ndarray) -> float:
+    """Kruskal stress-1 between the distances of `matrix` and those of `vectors`, over pairs i < j."""
+    i, j = np.triu_indices(len(matrix), k=1)
+    return pair_stress(matrix[i, j], vectors[i], vectors[j])
 
 
 def _classical(matrix: np.ndarray, n_components: int) -> Embedding:

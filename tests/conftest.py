@@ -34,6 +34,7 @@ TINY = {
     },
     "capacity": {"stimuli": ["natural"], "n_t": 50, "n_reps": 2},
     "topology": {"n_levels": 11, "n_splits": 4},
+    "spaces": {"build": [{"metric": {"metric": "linear", "alpha": 0.5}, "stimuli": "natural"}]},
 }
 
 

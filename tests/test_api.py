@@ -25,11 +25,10 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from survey.catalog import Warehouse, connect
-from survey.config import DistanceMetric, parse_config
+from survey.config import parse_config
 from survey.runtime.survey import run_survey
 from survey.search.api import create_app
-from survey.search.space import SearchService, build_space
-from survey.stages import RunInfo
+from survey.search.space import SearchService
 
 from .conftest import TINY
 
@@ -42,8 +41,7 @@ def surveyed(tmp_path_factory) -> tuple[Warehouse, dict]:
     """The TINY survey and its linear α = 0.5 space over the `natural` stimuli."""
     warehouse = Warehouse(tmp_path_factory.mktemp("api") / "wh")
     run_survey(parse_config(TINY), warehouse, progress=False)
-    space = build_space(warehouse, DistanceMetric(metric="linear", alpha=0.5), "natural", RunInfo("test"))
-    return warehouse, space
+    return warehouse, warehouse.rows("spaces")[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,25 @@
-"""The `distances` stage: all pairs per stimulus set and metric, tiled, resumable, equal to `pairwise`."""
+"""The `distances` stage: all pairs per stimulus set and metric in tiles of stable blocks, growing incrementally,
+resumable and safe under concurrent runs, equal to `pairwise`; landmarks mode."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from survey.catalog import Warehouse, connect
-from survey.config import parse_config
+from survey.config import SurveyConfig, parse_config
+from survey.embedding import maxmin_landmarks
 from survey.errors import SurveyError
 from survey.metrics.shape import pairwise
 from survey.runtime.survey import run_survey
+from survey.sources.families import Synthetic, write_representations
+from survey.stages import RunInfo
+from survey.stages.distances import DistancesStage
 
 from .conftest import survey_cli
 
@@ -54,18 +64,127 @@ def test_stage_distances_equal_pairwise_on_the_stored_arrays(surveyed):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
 
 
-def test_deleted_tiles_are_recomputed_and_nothing_else(tmp_path, tiny_dict):
+# ---- growth, resume and concurrency on synthetic representations ------------------------------------------------
+
+METRIC = {"metric": "linear", "alpha": 1.0}
+
+
+def grow(synthetic: Synthetic, n: int, *warehouses: Warehouse) -> None:
+    """Add `n` new members of the synthetic families to each catalog (one commit, as an activations unit would)."""
+    members = [synthetic.member(synthetic.families[i % 4], (i % 7 + 1) / 7) for i in range(n)]
+    for warehouse in warehouses:
+        write_representations(warehouse, synthetic, members, RunInfo("grow"))
+
+
+def distances_config(**settings: object) -> SurveyConfig:
+    base = {"metrics": [METRIC], "stimuli": ["synthetic"], "tile_size": 8}
+    return parse_config({"name": "grow", "distances": {**base, **settings}, "stages": ["distances"]})
+
+
+def stored(warehouse: Warehouse) -> dict[tuple[str, str], float]:
+    """Every stored pair's distance; asserts the natural key (metric config, stimulus set, pair) is unique."""
+    rows = _rows(warehouse, "SELECT rep_a, rep_b, distance, metric, alpha, score_method, stimset_id "
+                            "FROM shape_distances")
+    assert len({row[:2] + row[3:] for row in rows}) == len(rows), "a natural key repeats"
+    return {(a, b): d for a, b, d, *_ in rows}
+
+
+def test_growth_in_three_rounds_computes_only_new_pairs_and_equals_a_one_shot_run(tmp_path):
+    synthetic = Synthetic(n_families=4, n_stimuli=30, units=6, seed=1)
+    grown, one_shot = Warehouse(tmp_path / "grown"), Warehouse(tmp_path / "one-shot")
+    n = 0
+    for added in (21, 5, 12):  # block size 8: each round leaves a partly filled block behind
+        grow(synthetic, added, grown)
+        report = run_survey(distances_config(), grown, progress=False)[0]
+        assert report.rows["shape_distances"] == added * n + added * (added - 1) // 2  # new × old + new × new
+        n += added
+        count, distinct, ordered = _rows(grown, """SELECT count(*), count(DISTINCT (rep_a, rep_b)),
+                                                   bool_and(rep_a < rep_b) FROM shape_distances""")[0]
+        assert count == distinct == n * (n - 1) // 2 and ordered
+    assert run_survey(distances_config(), grown, progress=False)[0].units_run == 0
+    rounds = _rows(grown, "SELECT round, count(*), sum(len(rep_ids)) FROM distance_blocks GROUP BY 1 ORDER BY 1")
+    assert rounds == [(1, 3, 21), (2, 1, 5), (3, 2, 12)]
+
+    reps = grown.rows("representations")
+    write_representations(one_shot, synthetic, [(grown.load_array(r["array_uri"]), {
+        "family": r["source_id"], "level": r["depth"]}) for r in reps], RunInfo("one-shot"))
+    run_survey(distances_config(), one_shot, progress=False)
+    by_content = {r["content_hash"]: r["rep_id"] for r in one_shot.rows("representations")}
+    rename = {r["rep_id"]: by_content[r["content_hash"]] for r in reps}
+    expected = stored(one_shot)
+    got = {tuple(sorted((rename[a], rename[b]))): d for (a, b), d in stored(grown).items()}
+    assert got.keys() == expected.keys()
+    np.testing.assert_allclose([got[pair] for pair in expected], list(expected.values()), rtol=0, atol=1e-12)
+
+
+def test_an_interrupted_stage_resumes_with_only_its_missing_tiles(tmp_path, monkeypatch):
     warehouse = Warehouse(tmp_path / "wh")
-    config = parse_config(tiny_dict)
-    run_survey(config, warehouse, progress=False)
-    before = sorted(_rows(warehouse, "SELECT rep_a, rep_b, metric, round(distance, 12) FROM shape_distances"))
-    parts = sorted((tmp_path / "wh" / "shape_distances").rglob("part-*.parquet"))
-    assert len(parts) > 10  # tiles of 5 a side
-    for part in parts[::3]:
-        part.unlink()
-    report = run_survey(config, warehouse, stages=("distances",), progress=False)[0]
-    assert report.units_run == len(parts[::3])
-    assert sorted(_rows(warehouse, "SELECT rep_a, rep_b, metric, round(distance, 12) FROM shape_distances")) == before
+    grow(Synthetic(n_families=4, n_stimuli=30, units=6, seed=2), 40, warehouse)
+    calls = {"n": 0}
+    original = DistancesStage.run
+
+    def failing(self, unit, warehouse, info):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("killed")
+        return original(self, unit, warehouse, info)
+
+    monkeypatch.setattr(DistancesStage, "run", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_survey(distances_config(), warehouse, progress=False)
+    committed = len(warehouse.done_keys("shape_distances"))
+    assert committed == 6
+    monkeypatch.setattr(DistancesStage, "run", original)
+    report = run_survey(distances_config(), warehouse, progress=False)[0]
+    assert report.units_run == report.units_total - committed == 15 - committed  # 5 blocks of 8: 15 tiles
+    assert len(stored(warehouse)) == 40 * 39 // 2
+
+
+def _distances_process(warehouse: Path, *options: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "from survey.cli import main; main()", "distances", "-m",
+                             "linear:1", "--stimset", "synthetic", "--tile-size", "6", "--executor", "local",
+                             "-w", str(warehouse), *options],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_concurrent_runs_and_a_sigkill_leave_every_pair_once(tmp_path):
+    warehouse = Warehouse(tmp_path / "wh")
+    n = 48
+    grow(Synthetic(n_families=4, n_stimuli=30, units=6, seed=3), n, warehouse)
+    killed = _distances_process(tmp_path / "wh")
+    deadline = time.monotonic() + 120
+    while len(warehouse.done_keys("shape_distances")) < 3 and time.monotonic() < deadline:
+        assert killed.poll() is None, killed.stderr.read()
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    assert 3 <= len(warehouse.done_keys("shape_distances")) < 36, "the run finished before it was killed"
+    stored(warehouse)  # the killed catalog is queryable, with no pair twice
+    racers = [_distances_process(tmp_path / "wh") for _ in range(2)]
+    for racer in racers:
+        assert racer.wait(timeout=300) == 0, racer.stderr.read()
+    assert len(stored(warehouse)) == n * (n - 1) // 2
+    assert _rows(warehouse, "SELECT count(*) FROM distance_blocks") == [(8,)]  # one planning round, not two
+
+
+def test_landmarks_mode_computes_maxmin_rows_once_and_refuses_a_switch_to_all_pairs(tmp_path):
+    warehouse, full = Warehouse(tmp_path / "landmarks"), Warehouse(tmp_path / "all")
+    grow(Synthetic(n_families=4, n_stimuli=30, units=6, seed=4), 30, warehouse, full)
+    run_survey(distances_config(pairs="landmarks", landmarks=6), warehouse, progress=False)
+    run_survey(distances_config(), full, progress=False)
+    ids = sorted(r["rep_id"] for r in full.rows("representations"))
+    matrix = np.zeros((30, 30))
+    for (a, b), d in stored(full).items():
+        matrix[ids.index(a), ids.index(b)] = matrix[ids.index(b), ids.index(a)] = d
+    sequence = [rep for _, rep in sorted(_rows(warehouse, "SELECT round, rep_id FROM distance_landmarks"))]
+    assert sequence == [ids[i] for i in maxmin_landmarks(matrix, 6, seed=0)]
+    rows = stored(warehouse)
+    assert len(rows) == 6 * 30 - 6 * 7 // 2  # each landmark's row, pairs of two landmarks once
+    for (a, b), d in rows.items():
+        assert a in sequence or b in sequence
+        assert d == pytest.approx(matrix[ids.index(a), ids.index(b)], abs=1e-12)
+    with pytest.raises(SurveyError, match="landmarks"):
+        run_survey(distances_config(), warehouse, progress=False)
 
 
 def test_non_finite_representation_is_named_and_its_tiles_are_not_written(tmp_path, tiny_dict):

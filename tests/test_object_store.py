@@ -13,8 +13,8 @@ import time
 import pytest
 
 from survey.catalog import Warehouse, connect
-from survey.config import STAGE_ORDER, parse_config
-from survey.runtime.survey import run_survey
+from survey.config import parse_config
+from survey.runtime.survey import STAGE_ORDER, run_survey
 
 from .conftest import TINY
 from .test_survey import catalog_fingerprint

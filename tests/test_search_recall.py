@@ -1,7 +1,7 @@
 """Search recall@10 against exact brute-force metric search on families of synthetic representations.
 
 A small version of `benchmarks/search_recall.py` (same generator): 300 representations in 20 families go through
-the real `distances` stage and `build_space`; stored and out-of-sample queries must find ≥ 95% of their exact
+the real `distances` and `spaces` stages; stored and out-of-sample queries must find ≥ 95% of their exact
 top 10 after the exact rerank, reranked results carry the metric's own distances, embedded ones say so.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ from survey.catalog import Warehouse
 from survey.config import DistancesConfig, SurveyConfig
 from survey.metrics.shape import ShapeMetric
 from survey.runtime.survey import run_survey
-from survey.search.space import SearchService, build_space, distance_matrix
+from survey.search.space import SearchService
+from survey.sources.families import Synthetic, write_representations
 from survey.stages import RunInfo
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "search_recall.py"
@@ -35,14 +35,13 @@ N, FAMILIES, STIMULI, UNITS = 300, 20, 100, 24
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory: pytest.TempPathFactory) -> dict:
     warehouse = Warehouse(tmp_path_factory.mktemp("recall") / "warehouse")
-    synthetic = bench.Synthetic(FAMILIES, STIMULI, UNITS, seed=0)
-    arrays = bench.write_synthetic(warehouse, synthetic, synthetic.population(N))
+    synthetic = Synthetic(FAMILIES, STIMULI, UNITS, seed=0)
+    arrays = write_representations(warehouse, synthetic, synthetic.population(N), RunInfo("recall"), bench.STIMSET)
     config = SurveyConfig(distances=DistancesConfig(metrics=(bench.METRIC,), stimuli=(bench.STIMSET,),
                                                     tile_size=128), stages=("distances",))
     run_survey(config, warehouse, progress=False)
-    row = build_space(warehouse, bench.METRIC, bench.STIMSET, RunInfo(uuid.uuid4().hex[:16]), dim=16, n_landmarks=64)
-    reps, matrix = distance_matrix(warehouse, bench.METRIC, row["stimset_id"])
-    ids = [rep["rep_id"] for rep in reps]
+    row, _ = bench.build_space(warehouse, bench.STIMSET, dim=16, landmarks=64)
+    ids, matrix = bench.stored_matrix(warehouse, row["stimset_id"])
     engine = ShapeMetric(bench.METRIC.metric, bench.METRIC.alpha, bench.METRIC.score, bench.METRIC.center, "cpu")
     return {"warehouse": warehouse, "synthetic": synthetic, "row": row, "ids": ids, "matrix": matrix,
             "engine": engine, "stored": [engine.prepare(arrays[rep], rep) for rep in ids],

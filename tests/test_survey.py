@@ -16,7 +16,7 @@ import yaml
 from survey.activations import extract
 from survey.catalog import TABLES, Warehouse, connect
 from survey.config import parse_config
-from survey.runtime.survey import run_survey
+from survey.runtime.survey import STAGE_ORDER, run_survey
 from survey.stages.networks import load_network
 from survey.stages.stimuli import load_images
 
@@ -56,12 +56,13 @@ def test_tiny_survey_fills_every_table_and_resumes_without_duplicates(tmp_path, 
     assert counts["sessions"] == 2
     # every network layer × 2 stimulus sets, plus 2 sessions × 3 areas × 2 stimulus sets
     assert counts["representations"] == 2 * layers + 2 * 3 * 2
-    assert counts["runs"] == 7
+    assert counts["runs"] == len(STAGE_ORDER)
+    assert counts["spaces"] == 1 and counts["embeddings"] == counts["representations"] // 2  # the natural set
     by_kind = dict(_count(warehouse, "SELECT source_kind, count(*) FROM representations GROUP BY 1"))
     assert by_kind == {"network": 2 * layers, "session": 12}
 
     second = run_survey(tiny_config, warehouse, progress=False)
-    assert [r.units_run for r in second] == [0] * 7
+    assert [r.units_run for r in second] == [0] * len(STAGE_ORDER)
     assert table_counts(warehouse) == counts  # not even a `runs` row
 
 

@@ -141,6 +141,23 @@ TOPOLOGY = _schema(
     pa.field("reliability_agreement", pa.float64()),  # sessions: split-half share of equal counts
 )
 
+DISTANCE_BLOCKS = _schema(  # stable groups of representations: a tile of `shape_distances` pairs two blocks
+    pa.field("stimset_id", pa.string(), nullable=False),
+    pa.field("block_id", pa.string(), nullable=False),
+    pa.field("round", pa.int32(), nullable=False),  # planning round that made it (blocks never change afterwards)
+    pa.field("rep_ids", pa.list_(pa.string()), nullable=False),
+)
+
+DISTANCE_LANDMARKS = _schema(  # distances.pairs: landmarks: the landmarks picked, frozen in the order picked
+    pa.field("stimset_id", pa.string(), nullable=False),
+    pa.field("metric", pa.string(), nullable=False),
+    pa.field("alpha", pa.float64(), nullable=False),
+    pa.field("score_method", pa.string(), nullable=False),
+    pa.field("center", pa.bool_(), nullable=False),
+    pa.field("round", pa.int32(), nullable=False),  # 1 = the seeded first pick; then maxmin
+    pa.field("rep_id", pa.string(), nullable=False),
+)
+
 SPACES = _schema(  # one row per embedding space version; its files live under arrays/spaces/<space_id>/
     pa.field("space_id", pa.string(), nullable=False),
     pa.field("name", pa.string(), nullable=False),  # e.g. "linear alpha=1 angular · natural"
@@ -153,10 +170,11 @@ SPACES = _schema(  # one row per embedding space version; its files live under a
     pa.field("n_items", pa.int32(), nullable=False),
     pa.field("dim", pa.int32(), nullable=False),
     pa.field("n_landmarks", pa.int32(), nullable=False),
+    pa.field("landmarks_from", pa.string(), nullable=False),  # distance_landmarks (frozen) | maxmin (all pairs)
     pa.field("index_kind", pa.string(), nullable=False),  # flat | hnsw
-    pa.field("mds_stress", pa.float64(), nullable=False),  # classical MDS of the full matrix: Kruskal stress-1
-    pa.field("negative_mass", pa.float64(), nullable=False),  # share of negative eigenvalue mass (non-Euclidean)
-    pa.field("stress", pa.float64(), nullable=False),  # of the stored (landmark MDS) vectors
+    pa.field("negative_mass", pa.float64(), nullable=False),  # landmark MDS: share of negative eigenvalue mass
+    pa.field("stress", pa.float64(), nullable=False),  # Kruskal stress-1 of the vectors over a sample of stored pairs
+    pa.field("stress_pairs", pa.int64(), nullable=False),  # pairs in that sample
     pa.field("uri", pa.string(), nullable=False),  # the space's folder: index.faiss, embedder.npz
     pa.field("created", pa.timestamp("ms", tz="UTC"), nullable=False),
 )
@@ -188,6 +206,8 @@ TABLES: dict[str, pa.Schema] = {
     "sessions": SESSIONS,
     "representations": REPRESENTATIONS,
     "shape_distances": SHAPE_DISTANCES,
+    "distance_blocks": DISTANCE_BLOCKS,
+    "distance_landmarks": DISTANCE_LANDMARKS,
     "capacity": CAPACITY,
     "alignment": ALIGNMENT,
     "topology": TOPOLOGY,

@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -35,6 +37,8 @@ from survey.errors import SurveyError, one_line
 from survey.hashing import array_hash
 
 _COPY_CHUNK = 1 << 22
+_OLD_PART = re.compile(r"^part-([^.]+)\.parquet$")  # pre-Delta layout: part-<unit key>.parquet
+DERIVED = ("shape_distances", "spaces", "embeddings")  # pre-Delta units were keyed otherwise: recomputed
 COMMIT_ATTEMPTS = 30  # a unit's append is retried this often when other writers keep committing first
 
 
@@ -161,14 +165,13 @@ class Warehouse:
         schema = TABLES[table]
         data = pa.Table.from_pylist([{**row, "unit_key": key} for row in rows], schema=schema)
         commit = CommitProperties(app_transactions=[Transaction(key, 1)])
-        partitions = list(PARTITIONS.get(table, ())) or None
         for attempt in range(COMMIT_ATTEMPTS):
             snapshot = self.delta(table)
             if snapshot is not None and snapshot.transaction_version(key) is not None:
                 return 0
             try:
                 write_deltalake(snapshot if snapshot is not None else self.table_uri(table), data, mode="append",
-                                partition_by=partitions, storage_options=self.storage_options,
+                                partition_by=_partitions(table), storage_options=self.storage_options,
                                 commit_properties=commit)
                 return data.num_rows
             except (CommitFailedError, DeltaError) as err:  # a concurrent commit won: look again
@@ -177,6 +180,31 @@ class Warehouse:
                 time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))
         raise AssertionError("unreachable")
 
+    def small_files(self, table: str, small_bytes: int) -> int:
+        """How many of `table`'s current data files are smaller than `small_bytes`."""
+        snapshot = self.delta(table)
+        if snapshot is None:
+            return 0
+        sizes = pa.table(snapshot.get_add_actions(flatten=True))["size_bytes"]
+        return int(pc.sum(pc.less(sizes, small_bytes)).as_py() or 0)
+
+    def compact(self, table: str, vacuum_hours: int) -> dict[str, int]:
+        """Rewrite `table`'s small files into large ones (one commit that changes no row: a reader of either
+        snapshot gets the same answer), then vacuum the files superseded more than `vacuum_hours` ago and those no
+        commit references that are as old (a killed writer's). A query or writer that started less than
+        `vacuum_hours` ago keeps its files, so leave it above the longest query and the longest unit of work."""
+        snapshot = self.delta(table)
+        if snapshot is None:
+            return {"files_removed": 0, "files_added": 0, "files_vacuumed": 0}
+        try:
+            metrics = snapshot.optimize.compact()
+        except CommitFailedError:  # a concurrent compaction of the same files committed first: its result stands
+            metrics = {"numFilesRemoved": 0, "numFilesAdded": 0}
+        vacuumed = snapshot.vacuum(retention_hours=vacuum_hours, dry_run=False, enforce_retention_duration=False,
+                                   full=True)
+        return {"files_removed": metrics["numFilesRemoved"], "files_added": metrics["numFilesAdded"],
+                "files_vacuumed": len(vacuumed)}
+
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """All rows of `table` (an empty table with the declared schema when nothing is committed yet)."""
         return self.dataset(table).to_table(columns=columns)
@@ -184,13 +212,47 @@ class Warehouse:
     def rows(self, table: str, columns: list[str] | None = None) -> list[dict]:
         return self.read_table(table, columns).to_pylist()
 
+    def migrate_old_layout(self, table: str) -> int | None:
+        """Convert `table` from the pre-Delta layout (one ``part-<unit key>.parquet`` per unit, hive folders) into a
+        Delta table in place: one commit of every part's rows, each tagged with its part's key, every key an app
+        transaction; the old files go once it has landed. Returns the rows converted, None when there was nothing
+        to convert. Tables whose units were re-keyed since (DERIVED) are dropped for their stage to recompute."""
+        folder = f"{self.root}/{table}"
+        if self.fs.get_file_info(f"{folder}/_delta_log").type != pafs.FileType.NotFound:
+            return None
+        files = [info for info in self.fs.get_file_info(pafs.FileSelector(folder, recursive=True,
+                                                                          allow_not_found=True))
+                 if info.type == pafs.FileType.File]
+        parts = [(info, match.group(1)) for info in files if (match := _OLD_PART.match(info.base_name))]
+        if not parts:
+            return None
+        if table in DERIVED:
+            self.fs.delete_dir(folder)
+            return 0
+        pieces = []
+        for info, key in parts:
+            data = pq.read_table(info.path, filesystem=self.fs)
+            for folder_name in info.path[len(folder) + 1:].split("/")[:-1]:  # hive partition values
+                column, value = folder_name.split("=", 1)
+                data = data.append_column(column, pa.array([value] * data.num_rows))
+            data = data.append_column("unit_key", pa.array([key] * data.num_rows))
+            pieces.append(data.select(TABLES[table].names).cast(TABLES[table]))
+        rows = pa.concat_tables(pieces)
+        commit = CommitProperties(app_transactions=[Transaction(key, 1) for _, key in parts])
+        write_deltalake(self.table_uri(table), rows, mode="append", partition_by=_partitions(table),
+                        storage_options=self.storage_options, commit_properties=commit)
+        for info, _ in parts:
+            self.fs.delete_file(info.path)
+        return rows.num_rows
+
     def _refuse_old_layout(self, table: str) -> None:
         """One clear line for a warehouse written before the tables were Delta tables (Parquet parts, no log)."""
         selector = pafs.FileSelector(f"{self.root}/{table}", recursive=True, allow_not_found=True)
-        if any(info.base_name.endswith(".parquet") for info in self.fs.get_file_info(selector)):
+        if any(_OLD_PART.match(info.base_name) for info in self.fs.get_file_info(selector)):  # not a first commit's
             raise SurveyError(
                 f"warehouse {self.uri} holds {table}/ in the old Parquet-part layout (no Delta log); convert it in "
-                f"place with `survey migrate -w {self.uri}`, or rebuild it by running the survey into a new --warehouse"
+                f"place with `survey migrate -w {self.uri}` (shape distances and spaces are then recomputed), or "
+                "rebuild it by running the survey into a new --warehouse"
             )
 
     # ---- arrays and files -----------------------------------------------------------------------------
@@ -275,3 +337,7 @@ def _is_conflict(error: DeltaError, creating: bool) -> bool:
         return True
     text = str(error).lower()
     return creating and ("already exists" in text or "version 0" in text)
+
+
+def _partitions(table: str) -> list[str] | None:
+    return list(PARTITIONS.get(table, ())) or None

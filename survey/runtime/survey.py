@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from tqdm.auto import tqdm
 
 from survey.catalog import Warehouse
-from survey.config import STAGE_ORDER, SurveyConfig
+from survey.config import STAGE_NAMES, CatalogConfig, SurveyConfig
 from survey.hashing import canonical_json
 from survey.runtime.executors import Executor, make_executor
 from survey.stages import RunInfo, Stage
@@ -20,14 +20,34 @@ from survey.stages.capacity import CapacityStage
 from survey.stages.distances import DistancesStage
 from survey.stages.networks import NetworksStage
 from survey.stages.sessions import SessionsStage
+from survey.stages.spaces import SpacesStage
 from survey.stages.stimuli import StimuliStage
 from survey.stages.topology import TopologyStage
 
-STAGES: dict[str, type[Stage]] = {
-    stage.name: stage for stage in (StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage,
-                                         CapacityStage, TopologyStage)
-}
-assert tuple(STAGES) == STAGE_ORDER
+
+def stage_order(stages: list[type[Stage]]) -> tuple[str, ...]:
+    """Stage names in an order where every stage runs after all the stages that write a table it reads (ties keep
+    the listed order); a cycle is a programming error."""
+    writers: dict[str, set[str]] = {}
+    for stage in stages:
+        for table in (stage.table, *stage.writes_also):
+            writers.setdefault(table, set()).add(stage.name)
+    needs = {stage.name: {writer for table in stage.reads for writer in writers.get(table, ())} - {stage.name}
+             for stage in stages}
+    order: list[str] = []
+    while len(order) < len(stages):
+        ready = [stage.name for stage in stages if stage.name not in order and needs[stage.name] <= set(order)]
+        if not ready:
+            raise RuntimeError(f"stages read each other's tables in a cycle: {sorted(set(needs) - set(order))}")
+        order.append(ready[0])
+    return tuple(order)
+
+
+_CLASSES = [StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage, CapacityStage, TopologyStage,
+            SpacesStage]
+STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in _CLASSES}
+STAGE_ORDER = stage_order(_CLASSES)
+assert set(STAGES) == set(STAGE_NAMES)
 
 
 @dataclass
@@ -49,8 +69,9 @@ def run_survey(
     """Run the config's stages (or the subset `stages`) in order; returns what each stage did. Stages whose
     config section is left out are skipped.
 
-    A stage plans all its units, skips those whose part is already in the catalog, and runs the rest on
-    the configured executor. Stages that ran anything append a row to `runs`.
+    A stage plans all its units, skips those already committed to the catalog, and runs the rest on the configured
+    executor. Stages that ran anything append a row to `runs`, and compact the tables they wrote once those hold
+    many small files.
     """
     selected = [stage for name in STAGE_ORDER if name in config.stages and (stages is None or name in stages)
                 if (stage := STAGES[name](config)).configured]
@@ -63,26 +84,46 @@ def run_survey(
     try:
         for stage in selected:
             reports.append(_run_stage(stage, warehouse, executor, info, progress))
+            compact_written(warehouse, reports[-1].rows, config.catalog)
     finally:
         executor.close()
     return reports
 
 
 def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: RunInfo, progress: bool) -> StageReport:
+    """Plan, skip what is committed, run the rest; an iterative stage plans again after each round."""
     started, clock = datetime.now(UTC), time.perf_counter()
-    units = stage.plan(warehouse)
-    done = warehouse.done_keys(stage.table)
-    pending = [unit for unit in units if unit.key not in done]
     rows: Counter[str] = Counter()
-    if pending:
-        results = executor.map(stage, pending, warehouse, info)
-        for result in tqdm(results, total=len(pending), desc=stage.name, unit="unit", disable=not progress):
-            rows.update(result)
-        run = {
+    planned: set[str] = set()
+    run = 0
+    with tqdm(desc=stage.name, unit="unit", disable=not progress) as bar:
+        while True:
+            units = stage.plan(warehouse, info)
+            planned.update(unit.key for unit in units)
+            done = warehouse.done_keys(stage.table)
+            pending = [unit for unit in units if unit.key not in done]
+            if not pending:
+                break
+            bar.total = (bar.total or 0) + len(pending)
+            for result in executor.map(stage, pending, warehouse, info):
+                rows.update(result)
+                bar.update()
+            run += len(pending)
+            if not stage.iterative:
+                break
+    if run:
+        record = {
             "stage": stage.name, "config": canonical_json(stage.settings()), "started": started,
             "finished": datetime.now(UTC), "status": "ok", "executor": executor.name,
-            "units_total": len(units), "units_run": len(pending), "units_skipped": len(units) - len(pending),
+            "units_total": len(planned), "units_run": run, "units_skipped": len(planned) - run,
             "rows": canonical_json(dict(rows)), **info.provenance(),
         }
-        warehouse.append_unit("runs", f"{info.run_id}-{stage.name}", [run])
-    return StageReport(stage.name, len(units), len(pending), time.perf_counter() - clock, dict(rows))
+        rows["runs"] += warehouse.append_unit("runs", f"{info.run_id}-{stage.name}", [record])
+    return StageReport(stage.name, len(planned), run, time.perf_counter() - clock, dict(rows))
+
+
+def compact_written(warehouse: Warehouse, rows: dict[str, int], settings: CatalogConfig) -> None:
+    """Compact each table that got rows, once it holds `compact_after` small files."""
+    for table, count in rows.items():
+        if count and warehouse.small_files(table, settings.small_file_bytes) >= settings.compact_after:
+            warehouse.compact(table, settings.vacuum_hours)

@@ -54,10 +54,11 @@ class SpaceInfo(BaseModel):
     n_items: int = Field(description="Representations indexed.")
     dim: int = Field(description="Embedding dimension.")
     n_landmarks: int
+    landmarks_from: str = Field(description="distance_landmarks (frozen by the distances stage) | maxmin")
     index_kind: str = Field(description="flat (exact) | hnsw (approximate)")
-    mds_stress: float | None = Field(description="Kruskal stress-1 of classical MDS of the full distance matrix.")
-    negative_mass: float | None = Field(description="Share of negative eigenvalue mass (how non-Euclidean).")
-    stress: float | None = Field(description="Kruskal stress-1 of the stored landmark-MDS vectors.")
+    negative_mass: float | None = Field(description="Landmark MDS: share of negative eigenvalue mass (non-Euclidean).")
+    stress: float | None = Field(description="Kruskal stress-1 of the stored vectors over a sample of stored pairs.")
+    stress_pairs: int = Field(description="Pairs in that sample.")
     created: datetime
 
 

@@ -1,35 +1,29 @@
-"""Embedding spaces and nearest-representation search (DESIGN §5.4).
+"""Nearest-representation search over the warehouse's embedding spaces (DESIGN §5.4).
 
-A space embeds every representation of one stimulus set under one metric configuration: landmark MDS (de Silva &
-Tenenbaum 2004) of the stored shape distances, so that an uploaded representation needs distances to the L
-landmarks only, plus a FAISS index of the vectors. Its files (``index.faiss``, ``embedder.npz``) live under
-``<warehouse>/arrays/spaces/<space_id>/``; the `spaces` row, written last, makes the version visible, and `embeddings`
-holds the vectors for SQL. Search = shortlist k' > k from FAISS, then exact rerank by the true metric.
+A space (built by the `spaces` stage) embeds one stimulus set's representations under one metric configuration by
+landmark MDS, so an uploaded representation needs distances to the L landmarks only, and indexes the vectors in FAISS.
+Search = a FAISS shortlist of k' > k, then an exact rerank: the metric's distance from the query to each candidate,
+computed from their arrays (prepared once per process), which reads nothing but the candidates.
 """
 
 from __future__ import annotations
 
 import io
 import threading
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
-from typing import Literal
 
-import duckdb
 import numpy as np
 
 from survey.catalog import Warehouse, connect
 from survey.config import DistanceMetric
-from survey.embedding import LandmarkMDS, classical_mds, kruskal_stress, maxmin_landmarks
+from survey.embedding import LandmarkMDS
 from survey.errors import SurveyError
-from survey.hashing import content_key
+from survey.metric_inputs import REP_COLUMNS, load_prepared, metric_input
 from survey.metrics.shape import INPUT_LAYOUT, INPUT_NDIM, Prepared, ShapeMetric, check_representation
 from survey.search.index import VectorIndex
-from survey.stages import RunInfo
-from survey.stages.distances import pool_maps, prepared
 
-SPACE_VERSION = 1
 SHORTLIST = 100  # FAISS candidates reranked per query (at least 10 k): a family of related representations
 # larger than the shortlist is ordered poorly by the embedding alone (benchmarks/search_recall.py)
 FILTERS = ("source_kind", "area", "family", "objective")
@@ -51,77 +45,6 @@ class Neighbor:
 
 def space_metric(row: dict) -> DistanceMetric:
     return DistanceMetric(metric=row["metric"], alpha=row["alpha"], score=row["score_method"], center=row["center"])
-
-
-def distance_matrix(warehouse: Warehouse, metric: DistanceMetric, stimset_id: str) -> tuple[list[dict], np.ndarray]:
-    """The representations of `stimset_id` (sorted by id) and their full distance matrix from `shape_distances`."""
-    connection = connect(warehouse)
-    pairs = connection.execute(
-        """SELECT rep_a, rep_b, distance FROM shape_distances WHERE stimset_id = ? AND metric = ? AND alpha = ?
-           AND score_method = ? AND center = ?""",
-        [stimset_id, metric.metric, metric.alpha, metric.score, metric.center],
-    ).fetchall()
-    ids = sorted({rep for a, b, _ in pairs for rep in (a, b)})
-    n = len(ids)
-    if n < 3 or len(pairs) != n * (n - 1) // 2:
-        raise SurveyError(f"shape_distances has {len(pairs)} pairs of {n} representations for {metric.label} on "
-                          f"{stimset_id}; a space needs all pairs of ≥ 3: run `survey distances` for it first")
-    index = {rep: i for i, rep in enumerate(ids)}
-    matrix = np.zeros((n, n))
-    for a, b, value in pairs:
-        matrix[index[a], index[b]] = matrix[index[b], index[a]] = value
-    reps = {row["rep_id"]: row for row in warehouse.rows("representations")}
-    return [reps[rep] for rep in ids], matrix
-
-
-def build_space(
-    warehouse: Warehouse, metric: DistanceMetric, stimset: str, info: RunInfo, dim: int = 32, n_landmarks: int = 200,
-    kind: Literal["flat", "hnsw"] = "flat", conv_size: int = 4,
-) -> dict:
-    """Embed one stimulus set's representations under `metric` and index them; returns the `spaces` row.
-
-    Building the same catalog state again returns the existing version without writing anything.
-    """
-    sets = {row["name"]: row for row in warehouse.rows("stimulus_sets")}
-    if stimset not in sets:
-        raise SurveyError(f"stimulus set {stimset!r} is not in warehouse {warehouse.uri} (it has {sorted(sets)}); "
-                          "pass --stimset one of those")
-    stimset_id = sets[stimset]["stimset_id"]
-    reps, matrix = distance_matrix(warehouse, metric, stimset_id)
-    n = len(reps)
-    dim, n_landmarks = min(dim, n - 1), min(n_landmarks, n)
-    space_id = content_key("space", metric.model_dump(), stimset_id, [(r["rep_id"], r["content_hash"]) for r in reps],
-                           dim, n_landmarks, kind, conv_size if metric.metric == "conv" else None, SPACE_VERSION)
-    existing = [row for row in warehouse.rows("spaces") if row["space_id"] == space_id]
-    if existing:
-        return existing[0]
-    landmarks = maxmin_landmarks(matrix, n_landmarks, seed=0)
-    embedder = LandmarkMDS(dim, n_landmarks).fit(matrix[np.ix_(landmarks, landmarks)])
-    vectors = embedder.transform(matrix[:, landmarks])
-    full = classical_mds(matrix, dim)
-    index = VectorIndex.build(vectors.astype(np.float32), np.arange(n), kind=kind)
-    folder = f"arrays/spaces/{space_id}"
-    buffer = io.BytesIO()
-    np.savez(buffer, rep_ids=np.array([r["rep_id"] for r in reps]), landmarks=landmarks,
-             **{key: np.asarray(value) for key, value in embedder.state_dict().items()})
-    warehouse.put_bytes(f"{folder}/embedder.npz", buffer.getvalue())
-    uri = warehouse.put_bytes(f"{folder}/index.faiss", index.to_bytes()).rsplit("/", 1)[0]
-    landmark_set = set(landmarks.tolist())
-    warehouse.append_unit("embeddings", space_id, [
-        {"space_id": space_id, "rep_id": rep["rep_id"], "item": i, "is_landmark": i in landmark_set,
-         "vector": vectors[i].astype(np.float32).tolist(), **info.provenance()}
-        for i, rep in enumerate(reps)
-    ])
-    row = {
-        "space_id": space_id, "name": f"{metric.label} · {stimset}", "stimset_id": stimset_id,
-        "metric": metric.metric, "alpha": metric.alpha, "score_method": metric.score, "center": metric.center,
-        "conv_size": conv_size if metric.metric == "conv" else None, "n_items": n, "dim": dim,
-        "n_landmarks": n_landmarks, "index_kind": kind, "mds_stress": full.stress,
-        "negative_mass": full.negative_mass, "stress": kruskal_stress(matrix, vectors), "uri": uri,
-        "created": datetime.now(UTC), **info.provenance(),
-    }
-    warehouse.append_unit("spaces", space_id, [row])
-    return row
 
 
 class Space:
@@ -163,19 +86,71 @@ def _width(k: int, rerank: bool, shortlist: int | None) -> int:
     return shortlist or max(10 * k, SHORTLIST) if rerank else k
 
 
+@dataclass(frozen=True)
+class CatalogState:
+    """What the service reads from the catalog, taken together at one set of table versions."""
+
+    versions: tuple[int, ...]
+    spaces: list[dict]  # `spaces` rows, by name then creation
+    metadata: dict[str, dict]  # rep_id → METADATA of every representation
+    rows: dict[str, dict]  # rep_id → its `representations` row (array URIs)
+
+
 class SearchService:
-    """Neighbours of stored representations and of uploaded arrays, over the warehouse's spaces."""
+    """Neighbours of stored representations and of uploaded arrays, over the warehouse's spaces.
+
+    The catalog it reads (spaces, representation metadata) is re-read whenever one of its tables has a new version,
+    checked at most every CATALOG_CHECK_S seconds, so a space built while a server runs is served with the metadata
+    of every representation it holds.
+    """
+
+    CATALOG_CHECK_S = 1.0
+    WATCHED = ("spaces", "representations", "networks", "sessions")
 
     def __init__(self, warehouse: Warehouse) -> None:
         self.warehouse = warehouse
         self._spaces: dict[str, Space] = {}
         self._landmark_cache: dict[str, list[Prepared]] = {}
         self._lock = threading.Lock()
+        self._state: CatalogState | None = None
+        self._checked = 0.0
 
     # ---- catalog -------------------------------------------------------------------------------------
 
+    @property
+    def catalog(self) -> CatalogState:
+        """The catalog as of the newest table versions (checked at most every CATALOG_CHECK_S seconds)."""
+        with self._lock:
+            if self._state is None or time.monotonic() - self._checked > self.CATALOG_CHECK_S:
+                versions = tuple(self._version(table) for table in self.WATCHED)
+                if self._state is None or versions != self._state.versions:
+                    self._state = self._load(versions)
+                self._checked = time.monotonic()
+            return self._state
+
+    def _version(self, table: str) -> int:
+        snapshot = self.warehouse.delta(table)
+        return -1 if snapshot is None else snapshot.version()
+
+    def _load(self, versions: tuple[int, ...]) -> CatalogState:
+        connection = connect(self.warehouse, ("representations", "networks", "sessions"))
+        rows = connection.execute("""
+            SELECT r.rep_id, r.source_kind, r.source_id, r.source_name, r.layer_or_area, r.depth, r.stimset_id,
+                   r.n_stimuli, r.n_units, n.family, n.objective, n.test_accuracy, s.subject,
+                   CASE WHEN r.source_kind = 'session' THEN r.layer_or_area END AS area
+            FROM representations r LEFT JOIN networks n ON r.source_id = n.network_id
+            LEFT JOIN sessions s ON r.source_id = s.session_id""").fetchall()
+        spaces = sorted(self.warehouse.rows("spaces"), key=lambda row: (row["name"], row["created"]))
+        return CatalogState(versions, spaces, {row[0]: dict(zip(METADATA, row, strict=True)) for row in rows},
+                            {row["rep_id"]: row for row in self.warehouse.rows("representations", REP_COLUMNS)})
+
+    @property
+    def metadata(self) -> dict[str, dict]:
+        """Catalog metadata of every representation, with its network's family/objective or session's subject."""
+        return self.catalog.metadata
+
     def spaces(self) -> list[dict]:
-        return sorted(self.warehouse.rows("spaces"), key=lambda row: (row["name"], row["created"]))
+        return self.catalog.spaces
 
     def space(self, space_id: str | None = None, rep_id: str | None = None) -> Space:
         """A space by id; by default the newest space holding `rep_id` (or the newest of all)."""
@@ -190,26 +165,17 @@ class SearchService:
             stimset = self.representation(rep_id)["stimset_id"]
             rows = [row for row in rows if row["stimset_id"] == stimset] or rows
         row = max(rows, key=lambda r: r["created"])
-        if row["space_id"] not in self._spaces:
-            self._spaces[row["space_id"]] = Space(self.warehouse, row)
-        return self._spaces[row["space_id"]]
-
-    @cached_property
-    def metadata(self) -> dict[str, dict]:
-        """Catalog metadata of every representation, with its network's family/objective or session's subject."""
-        rows = self._sql("""
-            SELECT r.rep_id, r.source_kind, r.source_id, r.source_name, r.layer_or_area, r.depth, r.stimset_id,
-                   r.n_stimuli, r.n_units, n.family, n.objective, n.test_accuracy, s.subject,
-                   CASE WHEN r.source_kind = 'session' THEN r.layer_or_area END AS area
-            FROM representations r LEFT JOIN networks n ON r.source_id = n.network_id
-            LEFT JOIN sessions s ON r.source_id = s.session_id""")
-        return {row[0]: dict(zip(METADATA, row, strict=True)) for row in rows}
+        with self._lock:
+            if row["space_id"] not in self._spaces:
+                self._spaces[row["space_id"]] = Space(self.warehouse, row)
+            return self._spaces[row["space_id"]]
 
     def representation(self, rep_id: str) -> dict:
-        if rep_id not in self.metadata:
+        metadata = self.metadata
+        if rep_id not in metadata:
             raise NotFoundError(f"representation {rep_id!r} not found; list ids with "
                                 "`survey sql \"SELECT rep_id FROM representations\"`")
-        return self.metadata[rep_id]
+        return metadata[rep_id]
 
     def matching(self, **filters: str | None) -> set[str] | None:
         """Ids whose metadata equal every given filter (see FILTERS); None when no filter is set."""
@@ -228,7 +194,7 @@ class SearchService:
         rerank: bool = True, shortlist: int | None = None,
     ) -> list[Neighbor]:
         """The k nearest stored representations to a stored one: FAISS shortlist of k' = `shortlist` (default
-        max(10k, SHORTLIST)), reranked by the exact distances in `shape_distances`."""
+        max(10k, SHORTLIST)), reranked by the exact metric distances to it."""
         self.representation(rep_id)
         space = self.space(space_id, rep_id)
         if rep_id not in space.item:
@@ -237,8 +203,7 @@ class SearchService:
         vector = space.index.reconstruct(space.item[rep_id])
         candidates = space.shortlist(vector, _width(k, rerank, shortlist), keep, exclude=rep_id)
         if rerank:
-            exact = self._stored_distances(space, rep_id, [c.rep_id for c in candidates])
-            candidates = [Neighbor(c.rep_id, exact[c.rep_id], exact=True) for c in candidates]
+            candidates = self._rerank(space, self._prepared(space, [rep_id])[0], candidates)
         return self._finish(candidates, k)
 
     def search(
@@ -250,28 +215,31 @@ class SearchService:
         space = self.space(space_id)
         metric = space.metric.metric
         values = check_representation(array, "upload", INPUT_NDIM[metric], INPUT_LAYOUT[metric])
-        n_stimuli = self.metadata[space.rep_ids[0]]["n_stimuli"]
+        n_stimuli = self.catalog.rows[space.rep_ids[0]]["n_stimuli"]
         if len(values) != n_stimuli:
             raise SurveyError(f"upload has {len(values)} stimuli but space {space.row['space_id']} is over "
                               f"{n_stimuli}; send responses to that stimulus set in its order")
-        if metric == "conv":
-            values = pool_maps(values, space.row["conv_size"])
-        query = space.engine.prepare(values, "upload")
+        query = space.engine.prepare(metric_input(metric, values, space.row["conv_size"]), "upload")
         to_landmarks = space.engine.distances([query], self._landmarks(space))
         vector = space.embed(to_landmarks)
         candidates = space.shortlist(vector, _width(k, rerank, shortlist), keep, exclude=None)
         if rerank:
-            exact = self._exact(space, query, [c.rep_id for c in candidates])
-            candidates = [Neighbor(c.rep_id, float(d), exact=True) for c, d in zip(candidates, exact, strict=True)]
+            candidates = self._rerank(space, query, candidates)
         return self._finish(candidates, k)
+
+    def _rerank(self, space: Space, query: Prepared, candidates: list[Neighbor]) -> list[Neighbor]:
+        """The candidates with their exact distances to the query (the metric on their arrays, batched)."""
+        exact = space.engine.distances([query], self._prepared(space, [c.rep_id for c in candidates]))
+        return [Neighbor(c.rep_id, float(d), exact=True) for c, d in zip(candidates, exact, strict=True)]
 
     def _finish(self, candidates: list[Neighbor], k: int) -> list[Neighbor]:
         ordered = sorted(candidates, key=lambda c: c.distance)[:k]
-        return [Neighbor(c.rep_id, c.distance, c.exact, self.metadata.get(c.rep_id, {})) for c in ordered]
+        metadata = self.metadata
+        return [Neighbor(c.rep_id, c.distance, c.exact, metadata.get(c.rep_id, {})) for c in ordered]
 
     def _prepared(self, space: Space, rep_ids: list[str]) -> list[Prepared]:
-        return [prepared(space.engine, self.warehouse.uri, self._catalog_rows[rep], space.row["conv_size"])
-                for rep in rep_ids]
+        rows = self.catalog.rows
+        return [load_prepared(space.engine, self.warehouse.uri, rows[rep], space.row["conv_size"]) for rep in rep_ids]
 
     def _landmarks(self, space: Space) -> list[Prepared]:
         """The space's landmarks prepared for its metric, kept for the life of the service (every upload needs
@@ -280,34 +248,3 @@ class SearchService:
             self._landmark_cache[space.row["space_id"]] = self._prepared(space, [space.rep_ids[i]
                                                                                  for i in space.landmarks])
         return self._landmark_cache[space.row["space_id"]]
-
-    def _exact(self, space: Space, query: Prepared, rep_ids: list[str]) -> np.ndarray:
-        return space.engine.distances([query], self._prepared(space, rep_ids))
-
-    def _stored_distances(self, space: Space, rep_id: str, others: list[str]) -> dict[str, float]:
-        if not others:
-            return {}
-        metric = space.metric
-        rows = self._sql(
-            f"""SELECT CASE WHEN rep_a = ? THEN rep_b ELSE rep_a END, distance FROM shape_distances
-                WHERE stimset_id = ? AND metric = ? AND alpha = ? AND score_method = ? AND center = ?
-                AND (rep_a = ? OR rep_b = ?) AND (rep_a IN ({','.join('?' * len(others))})
-                                                 OR rep_b IN ({','.join('?' * len(others))}))""",
-            [rep_id, space.row["stimset_id"], metric.metric, metric.alpha, metric.score, metric.center,
-             rep_id, rep_id, *others, *others],
-        )
-        return dict(rows)
-
-    @cached_property
-    def _catalog_rows(self) -> dict[str, dict]:
-        return {row["rep_id"]: row for row in self.warehouse.rows("representations")}
-
-    @cached_property
-    def _connection(self) -> duckdb.DuckDBPyConnection:
-        """One DuckDB connection with the catalog views (views read the Parquet files at query time)."""
-        return connect(self.warehouse)
-
-    def _sql(self, query: str, parameters: list | None = None) -> list[tuple]:
-        """Rows of `query`; one query at a time on the shared connection (the API serves from a thread pool)."""
-        with self._lock:
-            return self._connection.execute(query, parameters or []).fetchall()

@@ -1,7 +1,8 @@
 """Stages: each plans content-keyed units of work from the config and the catalogs, and runs one unit.
 
-A unit writes its arrays first, then one part file per table named by the unit's key, its stage's primary
-table last: a unit is done exactly when that part exists, so a re-run skips it and never duplicates a row.
+A unit writes its arrays first, then one commit per table carrying the unit's key, its stage's primary table last:
+a unit is done exactly when that commit exists, so a re-run skips it and never duplicates a row. Each stage declares
+the tables it reads and writes; the order stages run in follows from them.
 """
 
 from __future__ import annotations
@@ -40,11 +41,15 @@ class RunInfo:
 
 
 class Stage(ABC):
-    """A survey stage; subclasses set `name` and the primary `table` whose parts mark units done."""
+    """A survey stage; subclasses set `name`, the primary `table` whose commits mark units done, the other tables
+    they write and the tables they read."""
 
     name: ClassVar[str]
     table: ClassVar[str]
+    writes_also: ClassVar[tuple[str, ...]] = ()
+    reads: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[int] = 1  # bump when a stage's output changes for the same inputs
+    iterative: bool = False  # True: plan again after the units run, until nothing is pending (rounds)
 
     def __init__(self, config: SurveyConfig) -> None:
         self.config = config
@@ -52,8 +57,12 @@ class Stage(ABC):
     def check(self) -> None:  # noqa: B027 - most stages have nothing to check before the run
         """Validate the config before any stage writes (no catalog access); raises SurveyError."""
 
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return (self.table, *self.writes_also)
+
     @abstractmethod
-    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+    def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         """All units this config asks for (done or not); validates inputs before anything is written."""
 
     @abstractmethod

@@ -14,8 +14,9 @@ class ActivationsStage(Stage):
     name = "activations"
     section = "activations"
     table = "representations"
+    reads = ("networks", "stimulus_sets")
 
-    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+    def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         names = self.config.stimset_names()
         networks = warehouse.rows("networks")
         if not networks or not names:

@@ -31,8 +31,10 @@ class CapacityStage(Stage):
     name = "capacity"
     section = "capacity"
     table = "capacity"
+    writes_also = ("alignment",)
+    reads = ("representations", "stimulus_sets")
 
-    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+    def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         settings = self.options
         # any labelled stimulus set may be named; by default the object manifolds
         sets = catalog_stimulus_sets(warehouse, settings.stimuli, "capacity.stimuli",

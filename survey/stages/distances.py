@@ -1,66 +1,190 @@
-"""Stage `distances`: all pairwise shape distances per stimulus set and metric → `shape_distances`.
+"""Stage `distances`: shape distances per stimulus set and metric configuration → `shape_distances`.
 
-The N × N triangle of a stimulus set's representations (networks and sessions together) is cut into tiles of
-`tile_size` a side; each tile is a unit of work that writes its own part, so a killed run resumes by tile.
+Representations are grouped into stable blocks (`distance_blocks`): each planning round puts the representations that
+no block holds yet into new blocks of `tile_size`, and a block never changes afterwards. With ``pairs: all`` a unit of
+work is a tile, the pairs between two blocks, so a survey that grows computes only the tiles of its new blocks (new ×
+old and new × new pairs) and every pair lies in exactly one tile. With ``pairs: landmarks`` a unit is one landmark's
+distances to one block; landmarks are picked round by round (maxmin: the first by a seeded draw, each next one the
+representation farthest from those before) and frozen in `distance_landmarks`, so a survey too big for all pairs still
+gets a space and search (DESIGN §5.4).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from dataclasses import dataclass
 
 import numpy as np
-import torch
+import pyarrow.compute as pc
 
 from survey.activations import resolve_device
 from survey.catalog import Warehouse
 from survey.config import DistanceMetric
 from survey.errors import SurveyError
-from survey.hashing import content_key
-from survey.metrics.shape import Prepared, ShapeMetric, all_pairs
+from survey.hashing import canonical_json, content_key
+from survey.metric_inputs import REP_COLUMNS, eligible, load_prepared
+from survey.metrics.shape import ShapeMetric, all_pairs
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 from survey.stages.stimuli import catalog_stimulus_sets
 
-_REP_COLUMNS = ["rep_id", "stimset_id", "n_stimuli", "array_uri", "spatial_uri", "repeats_uri", "content_hash"]
+FIRST_LANDMARK_SEED = 0
 
 
-def eligible(metric: str, rep: dict) -> bool:
-    """Whether a representation has what `metric` compares: repeats (stochastic), spatial maps (conv)."""
-    if metric == "stochastic":
-        return rep["repeats_uri"] is not None
-    if metric == "conv":
-        return rep["spatial_uri"] is not None
-    return True
+@dataclass(frozen=True)
+class Block:
+    """A fixed group of representations of one stimulus set: the side of a tile."""
+
+    block_id: str
+    rep_ids: tuple[str, ...]
+
+
+def metric_filter(metric: DistanceMetric, stimset_id: str) -> pc.Expression:
+    """Rows of `shape_distances` (or `distance_landmarks`) for one metric configuration on one stimulus set."""
+    return ((pc.field("stimset_id") == stimset_id) & (pc.field("metric") == metric.metric)
+            & (pc.field("alpha") == metric.alpha) & (pc.field("score_method") == metric.score)
+            & (pc.field("center") == metric.center))
+
+
+def stable_blocks(warehouse: Warehouse, stimset_id: str, rep_ids: list[str], size: int, info: RunInfo) -> list[Block]:
+    """The blocks of `stimset_id`, after a new round has put every representation of `rep_ids` that no block holds
+    into blocks of at most `size` (sorted ids). A round is committed with its number as the unit key, so two runs
+    planning at once agree: the second finds the round taken, reads it and makes the next one if still needed."""
+    while True:
+        rows = warehouse.dataset("distance_blocks").to_table(filter=pc.field("stimset_id") == stimset_id).to_pylist()
+        blocks = [Block(row["block_id"], tuple(row["rep_ids"]))  # in the order made: a tile's key names its
+                  for row in sorted(rows, key=lambda row: (row["round"], row["rep_ids"][0]))]  # blocks in this order
+        held = {rep for block in blocks for rep in block.rep_ids}
+        new = sorted(rep for rep in rep_ids if rep not in held)
+        if not new:
+            return blocks
+        round_ = max((row["round"] for row in rows), default=0) + 1
+        chunks = [tuple(new[start:start + size]) for start in range(0, len(new), size)]
+        fresh = [Block(content_key("block", stimset_id, chunk), chunk) for chunk in chunks]
+        written = warehouse.append_unit("distance_blocks", f"blocks-{stimset_id}-{round_}", [
+            {"stimset_id": stimset_id, "block_id": block.block_id, "round": round_, "rep_ids": list(block.rep_ids),
+             **info.provenance()} for block in fresh])
+        if written:
+            return blocks + fresh
 
 
 class DistancesStage(Stage):
     name = "distances"
     section = "distances"
     table = "shape_distances"
+    writes_also = ("distance_blocks", "distance_landmarks")
+    reads = ("representations", "stimulus_sets")
+    version = 2
 
-    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._nearest: dict[tuple, tuple[int, np.ndarray]] = {}  # landmarks mode: rounds folded, min distance
+
+    @property
+    def iterative(self) -> bool:
+        """Landmarks mode plans round by round: each landmark is chosen from the rows of the ones before."""
+        return self.options is not None and self.options.pairs == "landmarks"
+
+    def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         settings = self.options
         sets = catalog_stimulus_sets(warehouse, settings.stimuli or self.config.activations.stimuli,
                                      "distances.stimuli")
-        reps = warehouse.rows("representations", _REP_COLUMNS)
+        reps = warehouse.rows("representations", REP_COLUMNS)
         units = []
-        for metric in settings.metrics:
-            recipe = {**metric.model_dump(), "conv_size": settings.conv_size if metric.metric == "conv" else None}
-            for stimset in sorted(sets.values(), key=lambda row: row["name"]):
-                members = sorted((rep for rep in reps if rep["stimset_id"] == stimset["stimset_id"]
-                                  and eligible(metric.metric, rep)), key=lambda rep: rep["rep_id"])
-                blocks = [members[start:start + settings.tile_size]
-                          for start in range(0, len(members), settings.tile_size)]
-                for i, rows in enumerate(blocks):
-                    for j in range(i, len(blocks)):
-                        if i == j and len(rows) < 2:
-                            continue
-                        cols = blocks[j] if j > i else None
-                        key = content_key("dist", recipe, [(r["rep_id"], r["content_hash"]) for r in rows],
-                                          [(r["rep_id"], r["content_hash"]) for r in cols or ()], self.version)
-                        units.append(WorkUnit(key, f"{metric.label} · {stimset['name']} · tile {i},{j}", {
-                            "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols,
-                        }))
+        for stimset in sorted(sets.values(), key=lambda row: row["name"]):
+            members = {rep["rep_id"]: rep for rep in reps if rep["stimset_id"] == stimset["stimset_id"]}
+            if len(members) < 2:
+                continue
+            blocks = stable_blocks(warehouse, stimset["stimset_id"], list(members), settings.tile_size, info)
+            for metric in settings.metrics:
+                self._check_mode(warehouse, metric, stimset)
+                if settings.pairs == "all":
+                    units += self._tiles(metric, stimset, blocks, members)
+                else:
+                    units += self._landmark_rows(warehouse, metric, stimset, blocks, members, info)
         return units
+
+    def recipe(self, metric: DistanceMetric) -> dict:
+        """Everything a distance depends on besides the two arrays."""
+        return {**metric.model_dump(), "conv_size": self.options.conv_size if metric.metric == "conv" else None}
+
+    def _tiles(self, metric: DistanceMetric, stimset: dict, blocks: list[Block], members: dict) -> list[WorkUnit]:
+        """One unit per pair of blocks (i ≤ j) with something to compare."""
+        recipe, units = self.recipe(metric), []
+        sides = [[members[rep] for rep in block.rep_ids if eligible(metric.metric, members[rep])] for block in blocks]
+        for i, rows in enumerate(sides):
+            for j in range(i, len(sides)):
+                cols = sides[j] if j > i else None
+                if len(rows) < (2 if cols is None else 1) or cols == []:
+                    continue
+                key = content_key("dist", recipe, stimset["stimset_id"], blocks[i].block_id, blocks[j].block_id,
+                                  self.version)
+                units.append(WorkUnit(key, f"{metric.label} · {stimset['name']} · tile {i},{j}", {
+                    "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols}))
+        return units
+
+    def _landmark_rows(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, blocks: list[Block],
+                       members: dict, info: RunInfo) -> list[WorkUnit]:
+        """The row units of every frozen landmark; once they are all committed, the next landmark and its row."""
+        settings, stimset_id = self.options, stimset["stimset_id"]
+        candidates = sorted(rep for rep in members if eligible(metric.metric, members[rep]))
+        sequence = landmark_sequence(warehouse, metric, stimset_id)
+        units = [unit for r in range(len(sequence)) for unit in self._row_units(metric, stimset, blocks, members,
+                                                                                 sequence, r)]
+        wanted = min(settings.landmarks, len(candidates))
+        if len(sequence) >= wanted or not units_done(warehouse, self.table, units):
+            return units
+        if sequence:
+            pick = candidates[int(np.argmax(self._fold(warehouse, metric, stimset_id, candidates, sequence, units)))]
+        else:
+            pick = candidates[int(np.random.default_rng(FIRST_LANDMARK_SEED).integers(len(candidates)))]
+        round_ = len(sequence) + 1
+        key = content_key("landmark", self.recipe(metric), stimset_id, round_)
+        warehouse.append_unit("distance_landmarks", key, [{
+            "stimset_id": stimset_id, "metric": metric.metric, "alpha": metric.alpha, "score_method": metric.score,
+            "center": metric.center, "round": round_, "rep_id": pick, **info.provenance()}])
+        sequence = landmark_sequence(warehouse, metric, stimset_id)  # ours, or a concurrent planner's pick
+        return units + self._row_units(metric, stimset, blocks, members, sequence, round_ - 1)
+
+    def _row_units(self, metric: DistanceMetric, stimset: dict, blocks: list[Block], members: dict,
+                   sequence: list[str], r: int) -> list[WorkUnit]:
+        """Landmark `sequence[r]` against every block, leaving out itself and the landmarks before it (their rows
+        hold those pairs already), so every pair is computed once."""
+        recipe, landmark, units = self.recipe(metric), sequence[r], []
+        earlier = set(sequence[:r + 1])
+        for block in blocks:
+            cols = [members[rep] for rep in block.rep_ids if rep not in earlier and eligible(metric.metric,
+                                                                                              members[rep])]
+            if cols:
+                key = content_key("dist-landmark", recipe, stimset["stimset_id"], r, landmark, block.block_id,
+                                  [rep["rep_id"] for rep in cols], self.version)
+                units.append(WorkUnit(key, f"{metric.label} · {stimset['name']} · landmark {r + 1}", {
+                    "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": [members[landmark]],
+                    "cols": cols, "round": r}))
+        return units
+
+    def _fold(self, warehouse: Warehouse, metric: DistanceMetric, stimset_id: str, candidates: list[str],
+              sequence: list[str], units: list[WorkUnit]) -> np.ndarray:
+        """Each candidate's distance to its nearest landmark (landmarks −inf), folding in only the rows not folded
+        by an earlier round of this run (a resumed run folds every stored row once)."""
+        state_key = (canonical_json(self.recipe(metric)), stimset_id, tuple(candidates))
+        folded, nearest = self._nearest.get(state_key, (0, np.full(len(candidates), np.inf)))
+        new_keys = [unit.key for unit in units if unit.payload["round"] >= folded]
+        index = {rep: i for i, rep in enumerate(candidates)}
+        rows = warehouse.dataset(self.table).to_table(columns=["rep_a", "rep_b", "distance"],
+                                                      filter=pc.field("unit_key").isin(new_keys))
+        for a, b, value in zip(*(rows[c].to_pylist() for c in ("rep_a", "rep_b", "distance")), strict=True):
+            for rep in (a, b):
+                if rep in index:
+                    nearest[index[rep]] = min(nearest[index[rep]], value)
+        nearest[[index[rep] for rep in sequence if rep in index]] = -np.inf
+        self._nearest[state_key] = (len(sequence), nearest)
+        return nearest
+
+    def _check_mode(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict) -> None:
+        """One metric configuration is computed in one mode: all pairs after landmark rows would store their
+        pairs twice."""
+        if self.options.pairs == "all" and landmark_sequence(warehouse, metric, stimset["stimset_id"]):
+            raise SurveyError(f"{metric.label} on {stimset['name']} was computed with distances.pairs: landmarks; "
+                              "keep that mode for it, or survey all pairs into a new warehouse")
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         recipe = dict(unit.payload["metric"])
@@ -70,11 +194,11 @@ class DistancesStage(Stage):
         rows_meta, cols_meta = unit.payload["rows"], unit.payload["cols"]
         with torch_threads(info.threads):
             engine = ShapeMetric(metric.metric, metric.alpha, metric.score, metric.center, device)
-            rows = [prepared(engine, warehouse.uri, rep, conv_size) for rep in rows_meta]
+            rows = [load_prepared(engine, warehouse.uri, rep, conv_size) for rep in rows_meta]
             if cols_meta is None:
                 cols, cols_meta, pairs = rows, rows_meta, np.triu_indices(len(rows), k=1)
             else:
-                cols = [prepared(engine, warehouse.uri, rep, conv_size) for rep in cols_meta]
+                cols = [load_prepared(engine, warehouse.uri, rep, conv_size) for rep in cols_meta]
                 pairs = all_pairs(len(rows), len(cols))
             values = engine.distances(rows, cols, pairs)
         out = []
@@ -88,28 +212,12 @@ class DistancesStage(Stage):
         return {self.table: warehouse.append_unit(self.table, unit.key, out)}
 
 
-@lru_cache(maxsize=256)
-def _prepared_cached(engine_key: tuple, device: str, warehouse_uri: str, uri: str, n_stimuli: int, rep_id: str,
-                     conv_size: int | None) -> Prepared:
-    metric, alpha, score, center = engine_key
-    engine = ShapeMetric(metric, alpha, score, center, device)
-    array = Warehouse(warehouse_uri).load_array(uri)
-    if array.shape[0] != n_stimuli:
-        raise SurveyError(f"representation {rep_id} has {array.shape[0]} stimuli in {uri} but its catalog row says "
-                          f"{n_stimuli}; re-run the activations stage for it")
-    if metric == "conv":
-        array = pool_maps(array, conv_size)
-    return engine.prepare(array, rep_id)
+def landmark_sequence(warehouse: Warehouse, metric: DistanceMetric, stimset_id: str) -> list[str]:
+    """The frozen landmarks of one metric configuration on one stimulus set, in the order they were picked."""
+    rows = warehouse.dataset("distance_landmarks").to_table(columns=["round", "rep_id"],
+                                                            filter=metric_filter(metric, stimset_id)).to_pylist()
+    return [row["rep_id"] for row in sorted(rows, key=lambda row: row["round"])]
 
 
-def pool_maps(maps: np.ndarray, size: int) -> np.ndarray:
-    """Conv maps (m × C × H × W) average-pooled to at most `size` positions a side (the conv metric's grid)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(maps, np.float64))
-    return torch.nn.functional.adaptive_avg_pool2d(tensor, (min(size, maps.shape[2]), min(size, maps.shape[3]))).numpy()
-
-
-def prepared(engine: ShapeMetric, warehouse_uri: str, rep: dict, conv_size: int | None) -> Prepared:
-    """A representation prepared for `engine`, loaded once per worker process (cached by metric and array)."""
-    uri = {"stochastic": rep["repeats_uri"], "conv": rep["spatial_uri"]}.get(engine.metric, rep["array_uri"])
-    key = (engine.metric, engine.alpha, engine.score, engine.center)
-    return _prepared_cached(key, str(engine.device), warehouse_uri, uri, rep["n_stimuli"], rep["rep_id"], conv_size)
+def units_done(warehouse: Warehouse, table: str, units: list[WorkUnit]) -> bool:
+    return not units or {unit.key for unit in units} <= warehouse.done_keys(table)

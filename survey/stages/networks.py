@@ -34,7 +34,7 @@ class NetworksStage(Stage):
         """Build every user network, load its weights and look up its layers before anything is written."""
         self.plan(None)
 
-    def plan(self, warehouse: Warehouse | None) -> list[WorkUnit]:
+    def plan(self, warehouse: Warehouse | None, info: RunInfo | None = None) -> list[WorkUnit]:
         """The units depend on the config alone, so they are planned once (by `check`) and kept."""
         if self._units is None:
             self._units = self._zoo_units() + [self._external_unit(net) for net in self.config.networks]

@@ -25,13 +25,15 @@ class SessionsStage(Stage):
     name = "sessions"
     section = "sessions"
     table = "sessions"
+    writes_also = ("representations",)
+    reads = ("stimulus_sets",)
 
     def check(self) -> None:
         for nwb in self.config.sessions.nwb if self.config.sessions else ():
             if not Path(nwb.path).is_file():
                 raise SurveyError(f"NWB file {nwb.path} does not exist; fix sessions.nwb[].path in the config")
 
-    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+    def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         sessions = self.options
         units = []
         if sessions.synthetic:

@@ -24,7 +24,7 @@ class StimuliStage(Stage):
     def settings(self) -> dict[str, Any]:
         return {"stimuli": [spec.model_dump(mode="json") for spec in self.config.stimuli]}
 
-    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+    def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         return [WorkUnit(stimset_id(spec), f"stimuli {spec.name}", {"spec": spec}) for spec in self.config.stimuli]
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:

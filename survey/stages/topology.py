@@ -27,8 +27,9 @@ class TopologyStage(Stage):
     name = "topology"
     section = "topology"
     table = "topology"
+    reads = ("representations", "stimulus_sets")
 
-    def plan(self, warehouse: Warehouse) -> list[WorkUnit]:
+    def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         settings = self.options
         grids = catalog_stimulus_sets(warehouse, settings.stimuli, "topology.stimuli", kind="tuning_grid")
         recipe = settings.model_dump(exclude={"stimuli"})
