@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -77,3 +81,61 @@ def test_bad_warehouses_get_one_line_errors(tmp_path):
     assert "--warehouse" in str(error.value)
     with pytest.raises(SurveyError, match="not writable"):
         Warehouse(a_file / "below-a-file").ensure_writable()
+
+
+# ---- compaction ------------------------------------------------------------------------------------------------
+
+QUERY = "SELECT stage, count(*), min(unit_key), max(unit_key) FROM runs GROUP BY 1 ORDER BY 1"
+
+
+def _many_units(warehouse: Warehouse, n: int) -> None:
+    for i in range(n):
+        warehouse.append_unit("runs", f"unit-{i:04d}", [_run_row(f"stage{i % 3}")] * (1 + i % 2))
+
+
+def _files(warehouse: Warehouse, table: str) -> int:
+    return len(warehouse.delta(table).file_uris())
+
+
+def test_compaction_changes_no_answer_and_a_query_running_through_it_keeps_its_files(tmp_path):
+    warehouse = Warehouse(tmp_path / "wh")
+    _many_units(warehouse, 60)
+    assert _files(warehouse, "runs") == 60 and warehouse.mergeable_files("runs", 1 << 20) == 59
+    running = connect(warehouse, ["runs"])  # bound to the snapshot before compaction
+    before = running.execute(QUERY).fetchall()
+    keys = warehouse.done_keys("runs")
+    assert warehouse.compact("runs", vacuum_hours=1)["files_removed"] == 60
+    assert _files(warehouse, "runs") == 1 and warehouse.mergeable_files("runs", 1 << 20) == 0
+    assert running.execute(QUERY).fetchall() == before  # superseded files stay for an hour
+    assert connect(warehouse, ["runs"]).execute(QUERY).fetchall() == before
+    assert warehouse.done_keys("runs") == keys  # read from the compacted file's unit_key column
+    assert warehouse.append_unit("runs", "unit-0007", [_run_row("again")]) == 0  # still committed
+    assert warehouse.compact("runs", vacuum_hours=0)["files_vacuumed"] == 60
+    assert connect(warehouse, ["runs"]).execute(QUERY).fetchall() == before
+
+
+def _compaction_process(warehouse: Warehouse) -> subprocess.Popen:
+    """`survey compact` in a fresh process that says "ready" on stdout just before it starts compacting."""
+    code = ("import sys; from survey.catalog import Warehouse; w = Warehouse(sys.argv[1]); print('ready', flush=True);"
+            " w.compact('runs', 0)")
+    return subprocess.Popen([sys.executable, "-c", code, warehouse.uri], stdout=subprocess.PIPE, text=True)
+
+
+def test_queries_during_compaction_agree_and_a_kill_at_any_moment_loses_nothing(tmp_path):
+    warehouse = Warehouse(tmp_path / "wh")
+    _many_units(warehouse, 150)
+    expected, keys = connect(warehouse, ["runs"]).execute(QUERY).fetchall(), warehouse.done_keys("runs")
+    for delay in (0.0, 0.05, 0.1, 0.2, 0.4, 0.8):
+        process = _compaction_process(warehouse)
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        process.kill()
+        process.wait()
+        assert connect(warehouse, ["runs"]).execute(QUERY).fetchall() == expected
+        assert warehouse.done_keys("runs") == keys
+    compacting = _compaction_process(warehouse)
+    answers = []
+    while compacting.poll() is None:
+        answers.append(connect(warehouse, ["runs"]).execute(QUERY).fetchall())
+    assert compacting.returncode == 0 and answers and all(answer == expected for answer in answers)
+    assert _files(warehouse, "runs") == 1 and warehouse.done_keys("runs") == keys

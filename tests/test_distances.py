@@ -76,9 +76,10 @@ def grow(synthetic: Synthetic, n: int, *warehouses: Warehouse) -> None:
         write_representations(warehouse, synthetic, members, RunInfo("grow"))
 
 
-def distances_config(**settings: object) -> SurveyConfig:
+def distances_config(catalog: dict | None = None, **settings: object) -> SurveyConfig:
     base = {"metrics": [METRIC], "stimuli": ["synthetic"], "tile_size": 8}
-    return parse_config({"name": "grow", "distances": {**base, **settings}, "stages": ["distances"]})
+    return parse_config({"name": "grow", "distances": {**base, **settings}, "stages": ["distances"],
+                         "catalog": catalog or {}})
 
 
 def stored(warehouse: Warehouse) -> dict[tuple[str, str], float]:
@@ -115,6 +116,15 @@ def test_growth_in_three_rounds_computes_only_new_pairs_and_equals_a_one_shot_ru
     got = {tuple(sorted((rename[a], rename[b]))): d for (a, b), d in stored(grown).items()}
     assert got.keys() == expected.keys()
     np.testing.assert_allclose([got[pair] for pair in expected], list(expected.values()), rtol=0, atol=1e-12)
+
+
+def test_a_stage_compacts_what_it_wrote_once_small_files_pile_up(tmp_path):
+    warehouse = Warehouse(tmp_path / "wh")
+    grow(Synthetic(n_families=4, n_stimuli=30, units=6, seed=5), 30, warehouse)
+    report = run_survey(distances_config(catalog={"compact_after": 4}), warehouse, progress=False)[0]
+    assert report.units_run == 10  # 4 blocks of ≤ 8
+    assert len(warehouse.delta("shape_distances").file_uris()) == 1  # one partition (metric=linear), one file
+    assert len(warehouse.done_keys("shape_distances")) == 10 and len(stored(warehouse)) == 30 * 29 // 2
 
 
 def test_an_interrupted_stage_resumes_with_only_its_missing_tiles(tmp_path, monkeypatch):

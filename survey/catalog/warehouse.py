@@ -180,13 +180,17 @@ class Warehouse:
                 time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))
         raise AssertionError("unreachable")
 
-    def small_files(self, table: str, small_bytes: int) -> int:
-        """How many of `table`'s current data files are smaller than `small_bytes`."""
+    def mergeable_files(self, table: str, small_bytes: int) -> int:
+        """How many of `table`'s data files smaller than `small_bytes` compaction would fold away: in each
+        partition, all its small files but one."""
         snapshot = self.delta(table)
         if snapshot is None:
             return 0
-        sizes = pa.table(snapshot.get_add_actions(flatten=True))["size_bytes"]
-        return int(pc.sum(pc.less(sizes, small_bytes)).as_py() or 0)
+        files = pa.table(snapshot.get_add_actions(flatten=True))
+        small = files.filter(pc.less(files["size_bytes"], small_bytes))
+        partitions = [name for name in small.column_names if name.startswith("partition.")]
+        groups = small.group_by(partitions).aggregate([]).num_rows if partitions else min(small.num_rows, 1)
+        return small.num_rows - groups
 
     def compact(self, table: str, vacuum_hours: int) -> dict[str, int]:
         """Rewrite `table`'s small files into large ones (one commit that changes no row: a reader of either

@@ -123,7 +123,7 @@ def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: Run
 
 
 def compact_written(warehouse: Warehouse, rows: dict[str, int], settings: CatalogConfig) -> None:
-    """Compact each table that got rows, once it holds `compact_after` small files."""
+    """Compact each table that got rows, once compaction would fold away `compact_after` small files."""
     for table, count in rows.items():
-        if count and warehouse.small_files(table, settings.small_file_bytes) >= settings.compact_after:
+        if count and warehouse.mergeable_files(table, settings.small_file_bytes) >= settings.compact_after:
             warehouse.compact(table, settings.vacuum_hours)
