@@ -9,8 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from survey.errors import SurveyError, one_line
-from survey.metrics.shape import ShapeMetric
-from survey.sources.zoo import TrainConfig
+from survey.metrics.configuration import METRICS, SCORES, check_configuration
 from survey.stimuli import StimulusSpec
 
 # every stage's name; the order they run in follows from the tables each reads and writes (survey.runtime.survey)
@@ -34,6 +33,21 @@ class ExecutorConfig(_Strict):
     threads_per_worker: int = Field(1, ge=1)  # torch intra-op threads inside each unit of work
     max_restarts: int = Field(2, ge=0)
     max_task_retries: int = Field(2, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Optimiser and task settings of the zoo's training (survey.sources.zoo.train); part of a zoo net's identity."""
+
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    temperature: float = Field(0.2, gt=0)  # NT-Xent, contrastive only
+    probe_steps: int = Field(100, ge=1)  # LBFGS iterations of the linear probe (contrastive, untrained)
+    probe_weight_decay: float = Field(1e-3, ge=0)
+    image_size: int = Field(32, ge=16)
+    n_train_per_class: int = Field(200, ge=1)
+    n_test_per_class: int = Field(50, ge=1)
 
 
 class ZooConfig(_Strict):
@@ -104,15 +118,15 @@ class ActivationsConfig(_Strict):
 class DistanceMetric(_Strict):
     """One shape-metric configuration (DESIGN §5.1; formulas in `survey.metrics.shape`)."""
 
-    metric: Literal["linear", "permutation", "cka", "stochastic", "conv"] = "linear"
+    metric: Literal[METRICS] = "linear"  # type: ignore[valid-type]
     alpha: float = 1.0  # linear/conv: 0 = CCA … 1 = Procrustes; stochastic: 0 = means … 2 = covariances
-    score: Literal["angular", "euclidean"] = "angular"
+    score: Literal[SCORES] = "angular"  # type: ignore[valid-type]
     center: bool = True
 
     @model_validator(mode="after")
     def _valid(self) -> DistanceMetric:
         try:
-            ShapeMetric(self.metric, self.alpha, self.score, self.center, device="cpu")
+            check_configuration(self.metric, self.alpha, self.score)
         except SurveyError as err:
             raise ValueError(str(err)) from None
         return self

@@ -1,11 +1,12 @@
 """What each shape metric compares, read from a representation's catalog row: the one home of the input rules that
 the distances stage and search share (which array a metric reads, who is eligible, how conv maps are pooled), and a
-per-process cache of prepared representations."""
+per-process cache of prepared representations, bounded in bytes."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from survey.errors import SurveyError
 from survey.metrics.shape import Prepared, ShapeMetric
 
 REP_COLUMNS = ["rep_id", "stimset_id", "n_stimuli", "array_uri", "spatial_uri", "repeats_uri"]  # what the rules read
-PREPARED_CACHE = 512  # prepared representations kept per process (two tiles; a search shortlist)
+PREPARED_CACHE_BYTES = 1 << 30  # prepared representations kept per process (a worker, the search server)
 
 
 def metric_array_uri(metric: str, rep: Mapping) -> str | None:
@@ -38,19 +39,48 @@ def metric_input(metric: str, array: np.ndarray, conv_size: int | None) -> np.nd
     return pool_positions(maps, conv_size).numpy()
 
 
+class PreparedCache:
+    """Least-recently-used prepared representations, bounded by the bytes of their factors (thread-safe)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple, Prepared] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Prepared | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+            return self._items.get(key)
+
+    def put(self, key: tuple, prepared: Prepared) -> None:
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = prepared
+                self.bytes += _nbytes(prepared)
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                self.bytes -= _nbytes(self._items.popitem(last=False)[1])
+
+
+def _nbytes(prepared: Prepared) -> int:
+    tensors = prepared.data if isinstance(prepared.data, tuple) else (prepared.data,)
+    return sum(tensor.element_size() * tensor.nelement() for tensor in tensors)
+
+
+_CACHE = PreparedCache(PREPARED_CACHE_BYTES)
+
+
 def load_prepared(engine: ShapeMetric, warehouse_uri: str, rep: Mapping, conv_size: int | None) -> Prepared:
-    """A representation prepared for `engine`, loaded once per process (cached by metric configuration and array)."""
-    key = (engine.metric, engine.alpha, engine.score, engine.center)
+    """A representation prepared for `engine`, loaded once per process while it stays in the cache (keyed by
+    metric configuration and array)."""
     uri = metric_array_uri(engine.metric, rep)
-    return _prepared(key, str(engine.device), warehouse_uri, uri, rep["n_stimuli"], rep["rep_id"], conv_size)
-
-
-@lru_cache(maxsize=PREPARED_CACHE)
-def _prepared(engine_key: tuple, device: str, warehouse_uri: str, uri: str, n_stimuli: int, rep_id: str,
-              conv_size: int | None) -> Prepared:
-    engine = ShapeMetric(*engine_key, device)
-    array = Warehouse(warehouse_uri).load_array(uri)
-    if array.shape[0] != n_stimuli:
-        raise SurveyError(f"representation {rep_id} has {array.shape[0]} stimuli in {uri} but its catalog row says "
-                          f"{n_stimuli}; re-run the activations stage for it")
-    return engine.prepare(metric_input(engine.metric, array, conv_size), rep_id)
+    key = (engine.metric, engine.alpha, engine.score, engine.center, str(engine.device), warehouse_uri, uri, conv_size)
+    prepared = _CACHE.get(key)
+    if prepared is None:
+        array = Warehouse(warehouse_uri).load_array(uri)
+        if array.shape[0] != rep["n_stimuli"]:
+            raise SurveyError(f"representation {rep['rep_id']} has {array.shape[0]} stimuli in {uri} but its "
+                              f"catalog row says {rep['n_stimuli']}; re-run the activations stage for it")
+        prepared = engine.prepare(metric_input(engine.metric, array, conv_size), rep["rep_id"])
+        _CACHE.put(key, prepared)
+    return prepared

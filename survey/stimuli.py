@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from scipy.ndimage import affine_transform
 from threadpoolctl import threadpool_limits
 
 from survey.errors import SurveyError
@@ -225,6 +224,8 @@ class ObjectManifolds(_Spec):
         return value
 
     def generate(self) -> StimulusSet:
+        from scipy import ndimage  # here, not at import: configs (and `survey sql`) load this module
+
         rng = np.random.default_rng(self.seed)
         margin = self.size // 2
         contexts = self._base_contexts(rng, self.size + 2 * margin)
@@ -244,7 +245,7 @@ class ObjectManifolds(_Spec):
                 matrix = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / scale[obj, t]
                 offset = centre_in - matrix @ (centre_out + np.array([dy[obj, t], dx[obj, t]]))
                 for channel in range(3):
-                    images[obj, t, channel] = affine_transform(
+                    images[obj, t, channel] = ndimage.affine_transform(
                         context[channel], matrix, offset, output_shape=(size, size), order=1, mode="reflect"
                     )
         coords = np.stack([dx, dy, angle, scale], axis=-1).reshape(-1, 4)

@@ -19,7 +19,7 @@ def surveyed(tmp_path_factory) -> Warehouse:
     from .conftest import TINY
 
     warehouse = Warehouse(tmp_path_factory.mktemp("topology") / "wh")
-    run_survey(parse_config({**TINY, "distances": None}), warehouse, progress=False)
+    run_survey(parse_config({**TINY, "distances": None, "spaces": None}), warehouse, progress=False)
     return warehouse
 
 

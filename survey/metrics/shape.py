@@ -27,23 +27,14 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from survey.errors import SurveyError
+from survey.metrics.configuration import INPUT_LAYOUT, INPUT_NDIM, Metric, Score, check_configuration
 
-Metric = Literal["linear", "permutation", "cka", "stochastic", "conv"]
-Score = Literal["angular", "euclidean"]
-METRICS: tuple[str, ...] = ("linear", "permutation", "cka", "stochastic", "conv")
-SCORES: tuple[str, ...] = ("angular", "euclidean")
-INPUT_NDIM = {"linear": 2, "permutation": 2, "cka": 2, "stochastic": 3, "conv": 4}
-INPUT_LAYOUT = {
-    "linear": "stimuli × units", "permutation": "stimuli × units", "cka": "stimuli × units",
-    "stochastic": "stimuli × repeats × units", "conv": "stimuli × channels × height × width",
-}
 MAX_MAGNITUDE = 1e100  # larger |values| overflow float64 SVDs, smaller non-zero scales underflow them
 EIGENVALUE_FLOOR = 1e-7  # eigenvalues of XᵀX are clipped here before whitening (DESIGN §5.1)
 BLOCK_BYTES = 1 << 28  # memory for one block of cross products
@@ -154,15 +145,7 @@ class ShapeMetric:
         self, metric: Metric = "linear", alpha: float = 1.0, score: Score = "angular", center: bool = True,
         device: str | torch.device | None = None,
     ) -> None:
-        if metric not in METRICS:
-            raise SurveyError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-        if score not in SCORES:
-            raise SurveyError(f"unknown score {score!r}; use angular or euclidean")
-        top = 2.0 if metric == "stochastic" else 1.0
-        if not 0.0 <= alpha <= top:
-            raise SurveyError(f"alpha={alpha} is outside [0, {top:g}] for the {metric} metric; pick alpha in range")
-        if metric in ("permutation", "cka") and alpha != 1.0:
-            raise SurveyError(f"the {metric} metric has no alpha; leave alpha at 1")
+        check_configuration(metric, alpha, score)
         self.metric, self.alpha, self.score, self.center = metric, float(alpha), score, center
         self.device = resolve_torch_device(device)
 

@@ -242,8 +242,8 @@ class SearchService:
         return [load_prepared(space.engine, self.warehouse.uri, rows[rep], space.row["conv_size"]) for rep in rep_ids]
 
     def _landmarks(self, space: Space) -> list[Prepared]:
-        """The space's landmarks prepared for its metric, kept for the life of the service (every upload needs
-        all of them; the shared per-representation cache is too small to hold them beside the candidates)."""
+        """The space's landmarks prepared for its metric, kept for the life of the service: every upload needs all
+        of them, whatever the shared cache has evicted for other queries' candidates."""
         if space.row["space_id"] not in self._landmark_cache:
             self._landmark_cache[space.row["space_id"]] = self._prepared(space, [space.rep_ids[i]
                                                                                  for i in space.landmarks])

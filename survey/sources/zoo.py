@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as nnf
 
 from survey.atomic import staged_path
+from survey.config import TrainConfig
 from survey.hashing import file_hash
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
 
@@ -290,23 +291,6 @@ def builtin_task(
 
 
 # -------------------------------------------------------------------------------------------------- training
-
-
-class TrainConfig(BaseModel):
-    """Optimiser and task settings; part of a zoo net's identity."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    steps: int = Field(300, ge=0)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    temperature: float = Field(0.2, gt=0)  # NT-Xent, contrastive only
-    probe_steps: int = Field(100, ge=1)  # LBFGS iterations of the linear probe (contrastive, untrained)
-    probe_weight_decay: float = Field(1e-3, ge=0)
-    image_size: int = Field(32, ge=16)
-    n_train_per_class: int = Field(200, ge=1)
-    n_test_per_class: int = Field(50, ge=1)
 
 
 def _shift_flip(x: Tensor, gen: torch.Generator, pad: int = 4) -> Tensor:
