@@ -177,7 +177,7 @@ def test_two_concurrent_runs_and_a_sigkill_leave_every_pair_once(tmp_path):
     assert _rows(warehouse, "SELECT count(*) FROM distance_blocks") == [(8,)]  # one planning round, not two
 
 
-def test_landmarks_mode_computes_maxmin_rows_once_and_refuses_a_switch_to_all_pairs(tmp_path):
+def test_landmarks_mode_computes_maxmin_rows_once_and_a_metric_keeps_its_mode(tmp_path):
     warehouse, full = Warehouse(tmp_path / "landmarks"), Warehouse(tmp_path / "all")
     grow(Synthetic(n_families=4, n_stimuli=30, units=6, seed=4), 30, warehouse, full)
     run_survey(distances_config(pairs="landmarks", landmarks=6), warehouse, progress=False)
@@ -193,8 +193,10 @@ def test_landmarks_mode_computes_maxmin_rows_once_and_refuses_a_switch_to_all_pa
     for (a, b), d in rows.items():
         assert a in sequence or b in sequence
         assert d == pytest.approx(matrix[ids.index(a), ids.index(b)], abs=1e-12)
-    with pytest.raises(SurveyError, match="landmarks"):
+    with pytest.raises(SurveyError, match="pairs: landmarks"):
         run_survey(distances_config(), warehouse, progress=False)
+    with pytest.raises(SurveyError, match="pairs: all"):
+        run_survey(distances_config(pairs="landmarks", landmarks=6), full, progress=False)
 
 
 def test_non_finite_representation_is_named_and_its_tiles_are_not_written(tmp_path, tiny_dict):

@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ _COPY_CHUNK = 1 << 22
 _OLD_PART = re.compile(r"^part-([^.]+)\.parquet$")  # pre-Delta layout: part-<unit key>.parquet
 DERIVED = ("shape_distances", "spaces", "embeddings")  # pre-Delta units were keyed otherwise: recomputed
 COMMIT_ATTEMPTS = 30  # a unit's append is retried this often when other writers keep committing first
+_OPEN = threading.local()  # each thread's open Delta tables (see Warehouse.delta)
 
 
 class Warehouse:
@@ -120,14 +122,29 @@ class Warehouse:
         return options
 
     def delta(self, table: str) -> DeltaTable | None:
-        """The current snapshot of `table`; None before its first commit."""
+        """The current snapshot of `table`; None before its first commit.
+
+        Each thread keeps its tables open and brings them up to date by reading only the commits made since
+        (loading a table replays its last checkpoint, which grows with its files: a unit of work must not pay that).
+        """
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}")
+        uri = self.table_uri(table)
+        opened = _OPEN.__dict__.setdefault("tables", {})
+        snapshot = opened.get((uri, self._query))
+        if snapshot is not None:
+            try:
+                snapshot.update_incremental()
+                return snapshot
+            except DeltaError:  # deleted or rewritten under us: open it afresh
+                del opened[(uri, self._query)]
         try:
-            return DeltaTable(self.table_uri(table), storage_options=self.storage_options)
+            snapshot = DeltaTable(uri, storage_options=self.storage_options)
         except TableNotFoundError:
             self._refuse_old_layout(table)
             return None
+        opened[(uri, self._query)] = snapshot
+        return snapshot
 
     def dataset(self, table: str) -> pads.Dataset:
         """`table`'s current snapshot as an Arrow dataset with the declared schema (empty before any commit)."""

@@ -83,15 +83,16 @@ def run_survey(
     reports = []
     try:
         for stage in selected:
-            reports.append(_run_stage(stage, warehouse, executor, info, progress))
-            compact_written(warehouse, reports[-1].rows, config.catalog)
+            reports.append(_run_stage(stage, warehouse, executor, info, progress, config.catalog))
     finally:
         executor.close()
     return reports
 
 
-def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: RunInfo, progress: bool) -> StageReport:
-    """Plan, skip what is committed, run the rest; an iterative stage plans again after each round."""
+def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: RunInfo, progress: bool,
+               upkeep: CatalogConfig) -> StageReport:
+    """Plan, skip what is committed, run the rest, compact what was written (every `compact_after` units, as
+    workers keep committing, and at the end); an iterative stage plans again after each round."""
     started, clock = datetime.now(UTC), time.perf_counter()
     rows: Counter[str] = Counter()
     planned: set[str] = set()
@@ -105,12 +106,15 @@ def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: Run
             if not pending:
                 break
             bar.total = (bar.total or 0) + len(pending)
-            for result in executor.map(stage, pending, warehouse, info):
+            for count, result in enumerate(executor.map(stage, pending, warehouse, info), start=1):
                 rows.update(result)
                 bar.update()
+                if count % upkeep.compact_after == 0:  # a commit's cost grows with the table's live files
+                    compact_written(warehouse, rows, upkeep)
             run += len(pending)
             if not stage.iterative:
                 break
+            compact_written(warehouse, rows, upkeep)
     if run:
         record = {
             "stage": stage.name, "config": canonical_json(stage.settings()), "started": started,
@@ -119,6 +123,7 @@ def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: Run
             "rows": canonical_json(dict(rows)), **info.provenance(),
         }
         rows["runs"] += warehouse.append_unit("runs", f"{info.run_id}-{stage.name}", [record])
+        compact_written(warehouse, rows, upkeep)
     return StageReport(stage.name, len(planned), run, time.perf_counter() - clock, dict(rows))
 
 

@@ -95,11 +95,12 @@ class DistancesStage(Stage):
                 continue
             blocks = stable_blocks(warehouse, stimset["stimset_id"], list(members), settings.tile_size, info)
             for metric in settings.metrics:
-                self._check_mode(warehouse, metric, stimset)
+                sequence = landmark_sequence(warehouse, metric, stimset["stimset_id"])
+                self._check_mode(warehouse, metric, stimset, sequence)
                 if settings.pairs == "all":
                     units += self._tiles(metric, stimset, blocks, members)
                 else:
-                    units += self._landmark_rows(warehouse, metric, stimset, blocks, members, info)
+                    units += self._landmark_rows(warehouse, metric, stimset, blocks, members, sequence, info)
         return units
 
     def recipe(self, metric: DistanceMetric) -> dict:
@@ -122,11 +123,10 @@ class DistancesStage(Stage):
         return units
 
     def _landmark_rows(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, blocks: list[Block],
-                       members: dict, info: RunInfo) -> list[WorkUnit]:
+                       members: dict, sequence: list[str], info: RunInfo) -> list[WorkUnit]:
         """The row units of every frozen landmark; once they are all committed, the next landmark and its row."""
         settings, stimset_id = self.options, stimset["stimset_id"]
         candidates = sorted(rep for rep in members if eligible(metric.metric, members[rep]))
-        sequence = landmark_sequence(warehouse, metric, stimset_id)
         units = [unit for r in range(len(sequence)) for unit in self._row_units(metric, stimset, blocks, members,
                                                                                  sequence, r)]
         wanted = min(settings.landmarks, len(candidates))
@@ -179,12 +179,17 @@ class DistancesStage(Stage):
         self._nearest[state_key] = (len(sequence), nearest)
         return nearest
 
-    def _check_mode(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict) -> None:
-        """One metric configuration is computed in one mode: all pairs after landmark rows would store their
-        pairs twice."""
-        if self.options.pairs == "all" and landmark_sequence(warehouse, metric, stimset["stimset_id"]):
+    def _check_mode(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, sequence: list[str]) -> None:
+        """One metric configuration is computed in one mode: tiles after landmark rows (or landmark rows after
+        tiles) would store some pairs twice."""
+        mode = self.options.pairs
+        if mode == "all" and sequence:
             raise SurveyError(f"{metric.label} on {stimset['name']} was computed with distances.pairs: landmarks; "
                               "keep that mode for it, or survey all pairs into a new warehouse")
+        if mode == "landmarks" and not sequence and warehouse.dataset(self.table).head(
+                1, filter=metric_filter(metric, stimset["stimset_id"])).num_rows:
+            raise SurveyError(f"{metric.label} on {stimset['name']} was computed with distances.pairs: all; its "
+                              "space needs no landmark rows: keep pairs: all for it")
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         recipe = dict(unit.payload["metric"])
