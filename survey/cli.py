@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Annotated
 
 import duckdb
+import pyarrow as pa
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from survey.catalog import TABLES, Warehouse, connect, tables_named
+from survey.catalog import TABLES, Warehouse, connect, query_catalog, read_only, with_condition
 from survey.config import (
     DEMO_CONFIG,
     STAGE_NAMES,
@@ -255,10 +256,11 @@ def search(
     service = SearchService(store)
     keep = None
     if where:
+        query = with_condition("SELECT r.rep_id FROM representations r LEFT JOIN networks n ON r.source_id = "
+                               "n.network_id LEFT JOIN sessions s ON r.source_id = s.session_id", where, "--where")
         try:
             keep = {row[0] for row in connect(store, ("representations", "networks", "sessions")).execute(
-                "SELECT r.rep_id FROM representations r LEFT JOIN networks n ON r.source_id = n.network_id "
-                f"LEFT JOIN sessions s ON r.source_id = s.session_id WHERE {where}").fetchall()}
+                query).fetchall()}
         except duckdb.Error as err:
             raise SurveyError(f"--where: {one_line(err, 300)}; write a SQL condition over r, n and s") from None
     results = service.neighbors(rep_id, k, space, keep)
@@ -287,24 +289,19 @@ def sql(
     format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (parquet: required).")] = None,
 ) -> None:
-    """Query the catalogs with DuckDB (in memory, over each table's current Delta snapshot)."""
+    """Query the catalogs with DuckDB: one read-only statement (SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN) over
+    each table's current Delta snapshot, in memory; DuckDB may open no file."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    store = _existing(warehouse)
-    try:
-        result = connect(store, tables_named(query)).sql(query)
-    except duckdb.Error as err:
-        raise SurveyError(f"query failed: {one_line(err, 400)}") from None
-    if result is None:
-        return
-    data = result.to_arrow_table()
+    if format is OutputFormat.parquet and output is None:
+        raise SurveyError("--format parquet writes a file; add --output PATH.parquet")
+    read_only(query)
+    data = query_catalog(_existing(warehouse), query)
     if format is OutputFormat.parquet:
-        if output is None:
-            raise SurveyError("--format parquet writes a file; add --output PATH.parquet")
         pq.write_table(data, output)
     elif format is OutputFormat.csv:
-        pacsv.write_csv(data, output or sys.stdout.buffer)
+        pacsv.write_csv(nested_as_json(data), output or sys.stdout.buffer)
     elif format is OutputFormat.json:
         text = json.dumps(data.to_pylist(), default=str, indent=1)
         output.write_text(text) if output else print(text)
@@ -437,6 +434,16 @@ def _print_nearest_networks(store: Warehouse, area: str = "IT") -> None:
         for i, n in enumerate(neighbours)
     ], title=f"five networks nearest to {area} of {service.metadata[recorded[0]]['source_name']} "
              f"({space.row['name']}, space {space.row['space_id']})")
+
+
+def nested_as_json(data: pa.Table) -> pa.Table:
+    """`data` with every list, struct and map column as JSON text (one cell each), for CSV."""
+    for index, field in enumerate(data.schema):
+        if pa.types.is_nested(field.type):
+            text = pa.array([None if value is None else json.dumps(value, default=str)
+                             for value in data.column(index).to_pylist()], pa.string())
+            data = data.set_column(index, field.name, text)
+    return data
 
 
 def _print_query(connection: duckdb.DuckDBPyConnection, title: str, query: str) -> None:

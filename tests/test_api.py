@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from schemathesis.checks import not_a_server_error
 from survey.catalog import Warehouse, connect
 from survey.config import parse_config
 from survey.runtime.survey import run_survey
-from survey.search.api import create_app
+from survey.search.api import MAX_URL_BYTES, create_app, server_config
 from survey.search.space import SearchService
 
 from .conftest import TINY
@@ -54,7 +55,7 @@ def serving(app: FastAPI) -> Iterator[httpx.Client]:
     """A real uvicorn server for `app` on a loopback port the OS picked, and an HTTP client for it."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(server_config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -355,3 +356,60 @@ def test_survey_serve_command_serves_on_loopback(surveyed) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_space_built_while_the_server_runs_is_served_without_a_5xx(surveyed, tmp_path) -> None:
+    """The service re-reads the catalog when its tables get new versions: the new space, its representations'
+    metadata and uploads against it are served at once (a stale cache used to answer 404 and 500 here)."""
+    import shutil
+
+    copy = Warehouse(shutil.copytree(surveyed[0].root, tmp_path / "wh"))
+    spec = {"metric": {"metric": "permutation", "score": "euclidean"}, "stimuli": "natural", "dim": 4}
+    with serving(create_app(copy.uri)) as client:
+        assert client.get("/health").json()["spaces"] == 1
+        run_survey(parse_config({**TINY, "spaces": {"build": [spec]}}), copy, stages=("spaces",), progress=False)
+        time.sleep(SearchService.CATALOG_CHECK_S)
+        listed = client.get("/spaces").json()
+        assert len(listed) == 2
+        new = next(row for row in listed if row["metric"] == "permutation")
+        for rep in rep_ids(copy, new["stimset_id"])[:4]:
+            response = client.get(f"/representations/{rep}/neighbors", params={"k": 3, "space": new["space_id"]})
+            assert response.status_code == 200, response.text
+            assert len(response.json()["results"]) == 3 and response.json()["space_id"] == new["space_id"]
+        upload = client.post("/search", params={"k": 3, "space": new["space_id"]}, headers=NPY,
+                             content=npy_bytes(stored_array(copy, rep_ids(copy, new["stimset_id"])[0])))
+        assert upload.status_code == 200, upload.text
+        assert upload.json()["results"][0]["distance"] == pytest.approx(0.0, abs=1e-9)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=15000"]
+
+
+def test_docs_render_offline_in_headless_chromium(live, tmp_path) -> None:
+    """/docs and /redoc load their scripts from this server (the assets ship with fastapi-offline), so a browser
+    with no network renders every operation."""
+    import os
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's chromium (.ci/run); it is missing")
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    for page in ("/docs", "/redoc"):
+        html = live.get(page).text
+        assert "cdn." not in html and "https://" not in html, html
+        assets = re.findall(r'(?:src|href)="(/[^"]+)"', html)
+        assert assets and all(live.get(asset).status_code == 200 for asset in assets), assets
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          f"{live.base_url}docs"], capture_output=True, text=True, timeout=120).stdout
+    for path in ("/health", "/spaces", "/representations/{rep_id}", "/representations/{rep_id}/neighbors", "/search"):
+        assert f">{path}<" in dom.replace("\u200b", ""), path
+
+
+def test_an_over_long_url_gets_414_not_a_reset(live) -> None:
+    response = live.get("/spaces", params={"pad": "x" * 2**20})
+    assert response.status_code == 414 and str(MAX_URL_BYTES) in response.json()["detail"]
+    assert live.get("/health").status_code == 200

@@ -122,3 +122,74 @@ def test_config_errors_name_the_field(tmp_path):
     assert result.returncode == 2 and "zoo.n_architecture" in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "wh").exists()
+
+
+# ---- preflight: every input of a full run is checked before any stage writes -----------------------------------
+
+BAD_ARRAYS = {
+    "wrong dims": np.zeros((4, 8), np.float32),
+    "5 channels": np.zeros((4, 5, 8, 8), np.float32),
+    "empty": np.zeros((0, 3, 8, 8), np.float32),
+    "values of 255": np.full((4, 3, 8, 8), 255.0, np.float32),
+}
+
+
+@pytest.fixture(params=["fresh", "existing"])
+def warehouse_of(request, tmp_path, stimuli_warehouse) -> Path:
+    """A warehouse that does not exist yet, or one a survey has written to already."""
+    return tmp_path / "fresh" if request.param == "fresh" else stimuli_warehouse
+
+
+def _with_array(path: Path) -> dict:
+    """The tiny config, all stages, with one more stimulus set from the array file at `path`."""
+    return {**TINY, "stimuli": [*TINY["stimuli"], {"name": "mine", "kind": "array", "path": str(path)}]}
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_ARRAYS))
+def test_a_bad_stimulus_array_stops_a_full_run_before_anything_is_written(problem, tmp_path, warehouse_of):
+    np.save(tmp_path / "mine.npy", BAD_ARRAYS[problem])
+    fails_cleanly(_with_array(tmp_path / "mine.npy"), warehouse_of, tmp_path, "mine.npy")
+
+
+def test_a_missing_array_file_leaves_no_warehouse_behind(tmp_path, warehouse_of):
+    fails_cleanly(_with_array(tmp_path / "no.npy"), warehouse_of, tmp_path, "no.npy", "does not exist")
+
+
+def _full_nwb_config(path: Path, **session: object) -> dict:
+    return {**TINY, "sessions": {"nwb": [{"path": str(path), "stimset": "natural", **session}]}}
+
+
+def test_random_bytes_as_nwb_stop_a_full_run_before_any_network_trains(tmp_path, warehouse_of):
+    path = tmp_path / "random.nwb"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    fails_cleanly(_full_nwb_config(path), warehouse_of, tmp_path, str(path), "cannot be read as NWB")
+
+
+def test_a_directory_as_nwb_path_is_called_a_directory(tmp_path, warehouse_of):
+    fails_cleanly(_full_nwb_config(tmp_path), warehouse_of, tmp_path, "is a directory")
+
+
+def _presentations_without_stimset_column(path: Path) -> None:
+    from datetime import UTC, datetime
+
+    import pynwb
+
+    nwbfile = pynwb.NWBFile("presentations", "no-stimset-column", datetime(2024, 1, 1, tzinfo=UTC))
+    nwbfile.add_unit(spike_times=[0.1, 0.2, 0.3])
+    table = pynwb.epoch.TimeIntervals(name="stimulus_presentations", description="shown")
+    table.add_column("stimulus_index", "index of the image")
+    for i in range(3):
+        table.add_interval(start_time=float(i), stop_time=i + 0.5, stimulus_index=i)
+    nwbfile.add_time_intervals(table)
+    with pynwb.NWBHDF5IO(str(path), "w") as nwb_io:
+        nwb_io.write(nwbfile)
+
+
+def test_nwb_errors_name_the_config_fields_and_what_the_file_has(tmp_path, warehouse_of):
+    path = tmp_path / "no-stimset-column.nwb"
+    _presentations_without_stimset_column(path)
+    message = fails_cleanly(_full_nwb_config(path, stimset=None), warehouse_of, tmp_path, str(path))
+    assert "`stimset:`" in message and "stimulus_index" in message and "default_stimset=" in message
+    message = fails_cleanly(_full_nwb_config(path, index_column="image"), warehouse_of, tmp_path, str(path))
+    assert "stimulus_presentations: start_time, stop_time, stimulus_index" in message
+    assert "index_column:" in message

@@ -61,9 +61,15 @@ def test_a_dead_representation_gets_null_estimates_and_a_reason(tmp_path, tiny_d
     warehouse.append_unit("representations", "zz-dead", [{**row, "rep_id": "rep-dead", "array_uri": uri,
                                                          "content_hash": digest, "n_units": 6}])
     run_survey(config, warehouse, stages=("capacity",), progress=False)
-    capacity, status = connect(warehouse).execute(
-        "SELECT capacity, status FROM capacity WHERE rep_id = 'rep-dead'").fetchone()
+    capacity, status, simulated_status = connect(warehouse).execute(
+        "SELECT capacity, status, simulated_status FROM capacity WHERE rep_id = 'rep-dead'").fetchone()
     assert capacity is None
     assert status != "ok" and "\n" not in status
+    assert simulated_status.startswith("not run")
+    center, alignment_status = connect(warehouse).execute(
+        "SELECT center_alignment, status FROM alignment WHERE rep_id = 'rep-dead'").fetchone()
+    assert center is None and "center" in alignment_status and "\n" not in alignment_status
+    assert connect(warehouse).execute("SELECT bool_and(status = 'ok') FROM alignment WHERE rep_id != 'rep-dead'"
+                                      ).fetchone()[0]
     ok = connect(warehouse).execute("SELECT count(*) FROM capacity WHERE status = 'ok'").fetchone()[0]
     assert ok == len(warehouse.rows("capacity")) - 1

@@ -139,3 +139,35 @@ def test_queries_during_compaction_agree_and_a_kill_at_any_moment_loses_nothing(
         answers.append(connect(warehouse, ["runs"]).execute(QUERY).fetchall())
     assert compacting.returncode == 0 and answers and all(answer == expected for answer in answers)
     assert _files(warehouse, "runs") == 1 and warehouse.done_keys("runs") == keys
+
+
+def test_an_old_layout_warehouse_is_refused_in_one_line_then_migrated_in_place(tmp_path):
+    """Pre-Delta warehouses held `<table>/part-<unit key>.parquet` (hive folders for metric=, no unit_key column);
+    `survey migrate` keeps their rows and keys, and drops the tables whose units are keyed otherwise now."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .conftest import survey_cli
+
+    root = tmp_path / "old"
+    (root / "runs").mkdir(parents=True)
+    (root / "shape_distances" / "metric=linear").mkdir(parents=True)
+    old_runs = pa.Table.from_pylist([_run_row("x")], schema=TABLES["runs"].remove(TABLES["runs"].get_field_index(
+        "unit_key")))
+    pq.write_table(old_runs, root / "runs" / "part-run1-stimuli.parquet")
+    distance = {"rep_a": "rep-a", "rep_b": "rep-b", "stimset_id": "s", "alpha": 1.0, "score_method": "angular",
+                "center": True, "distance": 0.5, "run_id": "r", "code_version": "0"}
+    pq.write_table(pa.Table.from_pylist([distance]), root / "shape_distances" / "metric=linear" / "part-t1.parquet")
+    with pytest.raises(SurveyError, match="survey migrate") as error:
+        Warehouse(root).rows("runs")
+    assert "\n" not in str(error.value)
+    assert survey_cli("sql", "SELECT * FROM runs", "-w", str(root)).returncode == 2
+
+    result = survey_cli("migrate", "-w", str(root))
+    assert result.returncode == 0, result.stderr
+    warehouse = Warehouse(root)
+    assert [(row["stage"], row["unit_key"]) for row in warehouse.rows("runs")] == [("x", "run1-stimuli")]
+    assert warehouse.done_keys("runs") == {"run1-stimuli"}
+    assert warehouse.append_unit("runs", "run1-stimuli", [_run_row("again")]) == 0
+    assert warehouse.rows("shape_distances") == []  # recomputed by the distances stage
+    assert not list(root.rglob("part-run1-stimuli.parquet"))

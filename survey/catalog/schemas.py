@@ -106,6 +106,7 @@ CAPACITY = _schema(  # DESIGN §5.2; NULL estimates with a `status` saying why w
     pa.field("radii", pa.list_(pa.float64())),
     pa.field("dimensions", pa.list_(pa.float64())),
     pa.field("simulated_capacity", pa.float64()),  # P / N_c by bisection; NULL if not run or not separable
+    pa.field("simulated_status", pa.string(), nullable=False),  # ok, or why simulated_capacity is NULL
     pa.field("status", pa.string(), nullable=False),  # ok, or the one-line reason the estimates are NULL
 )
 
@@ -117,6 +118,7 @@ ALIGNMENT = _schema(
     pa.field("center_axis_alignment", pa.float64()),  # mean |cos| between one's center and another's axes
     pa.field("decodability", pa.float64()),  # held-out accuracy of a linear classifier of the labels
     pa.field("chance", pa.float64(), nullable=False),  # 1 / P
+    pa.field("status", pa.string(), nullable=False),  # ok, or why a value is NULL
 )
 
 _LEVELS_INT = pa.list_(pa.int32())  # one entry per level, lowest level first

@@ -3,16 +3,25 @@
 DuckDB's own delta extension cannot be installed offline, so each table is handed to DuckDB as the Arrow dataset of
 its snapshot (`Warehouse.dataset`, with the declared schema): projections and filters are pushed down to the Parquet
 files, and a view reads the same snapshot for the life of the connection.
+
+The connection is read-only by construction: DuckDB itself may touch no file (`enable_external_access` off, then the
+configuration locked), Python variables are not tables, and a user's SQL must parse, by DuckDB's own parser, as one
+statement of a reading kind.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import duckdb
+import pyarrow as pa
 
 from survey.catalog.schemas import TABLES
 from survey.catalog.warehouse import Warehouse
+from survey.errors import SurveyError, one_line
+
+READ_STATEMENTS = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)  # SELECT covers WITH, DESCRIBE, …
 
 
 def tables_named(query: str) -> set[str]:
@@ -25,10 +34,57 @@ def tables_named(query: str) -> set[str]:
     return {name for name in names if name in TABLES}
 
 
+def read_only(query: str, what: str = "query") -> str:
+    """`query` if DuckDB parses it as exactly one SELECT-kind statement (SELECT, WITH, VALUES, DESCRIBE, SUMMARIZE,
+    SHOW, EXPLAIN); otherwise one SurveyError naming what was found."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as err:
+        raise SurveyError(f"{what} does not parse: {one_line(err, 300)}") from None
+    if len(statements) != 1:
+        raise SurveyError(f"{what} holds {len(statements)} statements; pass exactly one SELECT (no ';' chains)")
+    kind = statements[0].type
+    if kind not in READ_STATEMENTS:
+        raise SurveyError(f"{what} is a {kind.name} statement; the catalogs are read-only here: pass one SELECT, "
+                          "WITH, DESCRIBE, SUMMARIZE or EXPLAIN")
+    return query
+
+
+def with_condition(select: str, condition: str, what: str) -> str:
+    """`select` filtered by a user's `condition`, refused unless DuckDB parses the result as the same query with one
+    WHERE expression: a condition that closes a parenthesis, chains a statement or adds a UNION changes the parse."""
+    query = read_only(f"{select} WHERE {condition}", what)
+    if _parsed_without_where(query) != _parsed_without_where(f"{select} WHERE true"):
+        raise SurveyError(f"{what} must be one SQL condition (as after WHERE), e.g. \"r.layer_or_area = 'IT'\"")
+    return query
+
+
+def _parsed_without_where(query: str) -> dict | None:
+    """DuckDB's parse tree of a SELECT (json_serialize_sql) without its WHERE clause; None when it does not parse."""
+    with duckdb.connect(":memory:", config={"enable_external_access": False}) as parser:
+        tree = json.loads(parser.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+    if tree.get("error") or len(tree["statements"]) != 1:
+        return None
+    node = dict(tree["statements"][0]["node"])
+    node.pop("where_clause", None)
+    return node
+
+
 def connect(warehouse: Warehouse, tables: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view of each of `tables` (default: every catalog table); nothing is
-    opened read-write on disk. A table nothing has been committed to yet is an empty view with its columns."""
-    connection = duckdb.connect(":memory:")
+    """An in-memory DuckDB connection with a view of each of `tables` (default: every catalog table) and no access
+    to any file. A table nothing has been committed to yet is an empty view with its columns."""
+    connection = duckdb.connect(":memory:", config={"enable_external_access": False,
+                                                    "python_enable_replacements": False})
     for table in TABLES if tables is None else tables:
         connection.register(table, warehouse.dataset(table))
+    connection.execute("SET lock_configuration = true")
     return connection
+
+
+def query_catalog(warehouse: Warehouse, query: str) -> pa.Table:
+    """The result of one read-only `query` over the catalog tables it names (what `survey sql` runs)."""
+    read_only(query)
+    try:
+        return connect(warehouse, tables_named(query)).sql(query).to_arrow_table()
+    except duckdb.Error as err:
+        raise SurveyError(f"query failed: {one_line(err, 400)}") from None

@@ -257,6 +257,10 @@ class Warehouse:
                 column, value = folder_name.split("=", 1)
                 data = data.append_column(column, pa.array([value] * data.num_rows))
             data = data.append_column("unit_key", pa.array([key] * data.num_rows))
+            for field in TABLES[table]:  # columns added since: NULL, or a status that says where the row came from
+                if field.name not in data.column_names:
+                    fill = None if field.nullable else "not recorded (migrated from the Parquet-part layout)"
+                    data = data.append_column(field.name, pa.array([fill] * data.num_rows, field.type))
             pieces.append(data.select(TABLES[table].names).cast(TABLES[table]))
         rows = pa.concat_tables(pieces)
         commit = CommitProperties(app_transactions=[Transaction(key, 1) for _, key in parts])

@@ -16,7 +16,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from survey.errors import SurveyError
+from survey.errors import NotApplicable
 from survey.metrics.capacity import check_int, check_manifolds, mean_abs_cosine
 
 
@@ -51,7 +51,7 @@ def manifold_alignment(manifolds: Sequence[np.ndarray], n_axes: int = 5) -> Alig
     norms = np.linalg.norm(centers, axis=1)
     if norms.min() <= 1e-12 * norms.max():
         mu = int(norms.argmin())
-        raise SurveyError(f"manifold {mu}'s center equals the mean of all points, so its direction is undefined; "
+        raise NotApplicable(f"manifold {mu}'s center equals the mean of all points, so its direction is undefined; "
                           "drop that manifold or pass manifolds with distinct centers")
     units = centers / norms[:, None]
     center_alignment = mean_abs_cosine(centers)
@@ -93,7 +93,7 @@ def decodability(manifolds: Sequence[np.ndarray], n_splits: int = 5, seed: int =
     sizes = [x.shape[1] for x in xs]
     if min(sizes) < n_splits:
         mu = int(np.argmin(sizes))
-        raise SurveyError(f"manifold {mu} has {sizes[mu]} points, fewer than n_splits={n_splits} folds; "
+        raise NotApplicable(f"manifold {mu} has {sizes[mu]} points, fewer than n_splits={n_splits} folds; "
                           f"pass n_splits ≤ {sizes[mu]} or more points per manifold")
     points = np.concatenate(xs, axis=1).T
     labels = np.repeat(np.arange(len(xs)), sizes)

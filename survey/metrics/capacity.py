@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.optimize import linprog, nnls
 
-from survey.errors import SurveyError
+from survey.errors import NotApplicable, SurveyError
 
 # Center-correlation removal (DESIGN §5.2 step 2).
 N_RESTARTS = 10  # Stiefel restarts per K, as in the reference code
@@ -108,7 +108,7 @@ def center_structure(xs: list[np.ndarray], seed: int = 0) -> tuple[np.ndarray, n
     norms = np.linalg.norm(centered, axis=0)
     if norms.min() <= 1e-12 * norms.max():
         mu = int(norms.argmin())
-        raise SurveyError(f"manifold {mu}'s center equals the mean of all centers, so its center direction is "
+        raise NotApplicable(f"manifold {mu}'s center equals the mean of all centers, so its center direction is "
                           "undefined; drop that manifold or pass manifolds with distinct centers")
     q, singular, _ = np.linalg.svd(centered, full_matrices=False)
     rank = int(np.sum(singular > max(centered.shape) * np.finfo(np.float64).eps * singular[0]))
@@ -320,7 +320,7 @@ def _normalised_frame(points: torch.Tensor, removed: torch.Tensor, group: list[i
     degenerate = (norm[:, 0, 0] <= 1e-12 * scale).nonzero()
     if degenerate.numel():
         mu = group[int(degenerate[0, 0])]
-        raise SurveyError(f"manifold {mu}'s center coincides with the global mean after centering, so radii "
+        raise NotApplicable(f"manifold {mu}'s center coincides with the global mean after centering, so radii "
                           "relative to it are undefined; drop that manifold or pass manifolds with distinct centers")
     s = ((z - center) / norm).mT  # G × N × M, column-major as LAPACK wants it
     if s.shape[1] > s.shape[2]:
@@ -503,7 +503,7 @@ def simulated_capacity(manifolds: Sequence[np.ndarray], n_reps: int = 10, seed: 
         guess = n_c if n_c <= n_features else guess
     n_c = sorted(thresholds)[(n_reps + 1) // 2 - 1]
     if n_c > n_features:
-        raise SurveyError(f"the manifolds are not linearly separable in half of {n_reps} random dichotomies even "
+        raise NotApplicable(f"the manifolds are not linearly separable in half of {n_reps} random dichotomies even "
                           f"with all N={n_features} features, so the capacity is below P/N and cannot be simulated; "
                           "pass more features or fewer points per manifold")
     return n_manifolds / n_c

@@ -1,7 +1,8 @@
 """The search API (DESIGN §5.4): FastAPI over `SearchService`, OpenAPI docs at /docs.
 
 Read-only over the warehouse: list spaces, get a representation, neighbours of a stored representation and search by
-an uploaded array. Filters are fixed query parameters (see `FILTERS`); no SQL is accepted over HTTP. Errors are
+an uploaded array. The documentation pages (/docs, /redoc) work offline: their scripts come with the package.
+Filters are fixed query parameters (see `FILTERS`); no SQL is accepted over HTTP. Errors are
 ``{"detail": "<one line>"}``: 404 unknown space or representation, 413 upload over the size limit, 415 unsupported
 media type, 400 unreadable body, 422 invalid input; anything else is a 500 whose traceback stays in the server log.
 """
@@ -19,17 +20,20 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from survey.catalog import Warehouse
 from survey.errors import SurveyError, one_line
-from survey.metrics.shape import INPUT_LAYOUT
+from survey.metrics.configuration import INPUT_LAYOUT
 from survey.search.space import Neighbor, NotFoundError, SearchService, Space
 
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
+MAX_URL_BYTES = 8192  # longer request targets get a 414 (arrays go in a POST /search body)
+REQUEST_HEAD_BYTES = 4 * 2**20  # what the HTTP parser reads before it gives up (and resets the connection)
 NPY = "application/octet-stream"
 JSON = "application/json"
 
@@ -216,7 +220,7 @@ def create_app(warehouse_uri: str, max_upload_bytes: int = 64 * 2**20) -> FastAP
         raise SurveyError(f"warehouse {warehouse.uri} does not exist; run `survey demo` or `survey run` first, "
                           "or pass --warehouse")
     service = SearchService(warehouse)
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN
         title="neurosurvey search",
         description="Nearest representations by shape metric over a neurosurvey warehouse's embedding spaces "
                     "(FAISS shortlist, exact rerank). Errors are `{\"detail\": \"...\"}`.",
@@ -224,6 +228,14 @@ def create_app(warehouse_uri: str, max_upload_bytes: int = 64 * 2**20) -> FastAP
     )
     errors: dict[int | str, dict[str, Any]] = {422: {"model": Error, "description": "Invalid input."}}
     not_found = {404: {"model": Error, "description": "Unknown space or representation."}}
+
+    @app.middleware("http")
+    async def refuse_long_urls(request: Request, call_next: Any) -> Any:
+        length = len(request.scope.get("raw_path", b"")) + len(request.scope.get("query_string", b""))
+        if length > MAX_URL_BYTES:
+            return JSONResponse({"detail": f"the URL has {length} bytes, over the {MAX_URL_BYTES}-byte limit; send "
+                                           "an array in the body of POST /search"}, status_code=414)
+        return await call_next(request)
 
     @app.exception_handler(NotFoundError)
     async def not_found_error(_: Request, error: NotFoundError) -> JSONResponse:
@@ -312,4 +324,10 @@ def serve(warehouse_uri: str, host: str = "127.0.0.1", port: int = 8000) -> None
     more threads and waits for all of them (p50 0.28 ms vs 0.67 ms at 100k vectors, benchmarks/search_latency.py).
     """
     faiss.omp_set_num_threads(1)
-    uvicorn.run(create_app(warehouse_uri), host=host, port=port)
+    uvicorn.Server(server_config(create_app(warehouse_uri), host=host, port=port)).run()
+
+
+def server_config(app: FastAPI, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for the API: request heads up to REQUEST_HEAD_BYTES reach the app, so an over-long URL
+    gets its 414 instead of a reset connection."""
+    return uvicorn.Config(app, h11_max_incomplete_event_size=REQUEST_HEAD_BYTES, **options)

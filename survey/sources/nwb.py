@@ -100,21 +100,22 @@ def _presentation_table(nwbfile: NWBFile, path: Path, name: str | None, index_co
         if name not in tables:
             raise SurveyError(
                 f"NWB file {path}: has no intervals table {name!r} (it has: {', '.join(tables) or 'none'}); "
-                "pass one of those as presentation_table="
+                "set the session's presentation_table: to one of those"
             )
         table = tables[name]
         if index_column not in table.colnames:
             raise SurveyError(
                 f"NWB file {path}: presentation table {name!r} has no column {index_column!r} "
-                f"(columns: {', '.join(table.colnames)}); pass the stimulus index column as index_column="
+                f"(columns: {', '.join(table.colnames)}); set the session's index_column: to the stimulus index column"
             )
         return table
     for table in tables.values():
         if index_column in table.colnames:
             return table
+    found = "; ".join(f"{name}: {', '.join(table.colnames)}" for name, table in tables.items()) or "none"
     raise SurveyError(
-        f"NWB file {path}: has no stimulus presentation table: no intervals table with column "
-        f"{index_column!r}; add one or pass presentation_table=/index_column="
+        f"NWB file {path}: has no stimulus presentation table: no intervals table with column {index_column!r} "
+        f"(tables and columns: {found}); name them with the session's presentation_table: and index_column:"
     )
 
 
@@ -132,7 +133,7 @@ def _presentations(
     except ValueError:
         raise SurveyError(
             f"NWB file {path}: column {index_column!r} of table {table.name!r} is not numeric; "
-            "pass the column holding stimulus indices as index_column="
+            "set the session's index_column: to the column holding stimulus indices"
         ) from None
     if stimset_column in table.colnames:
         stimset = np.array([_text(v) for v in table[stimset_column].data[:]], dtype=object)
@@ -140,14 +141,15 @@ def _presentations(
         stimset = np.full(len(start), default_stimset, dtype=object)
     else:
         raise SurveyError(
-            f"NWB file {path}: table {table.name!r} has no column {stimset_column!r} naming the stimulus "
-            "set; pass default_stimset= (or stimset_column=)"
+            f"NWB file {path}: table {table.name!r} has no column {stimset_column!r} naming the stimulus set "
+            f"(columns: {', '.join(table.colnames)}); set the session's `stimset:` (read_session's default_stimset=) "
+            "to the one set it shows, or `stimset_column:` to the column naming it"
         )
     keep = np.isfinite(index) & (index >= 0)
     if np.any(index[keep] != np.round(index[keep])):
         raise SurveyError(
             f"NWB file {path}: column {index_column!r} of table {table.name!r} holds non-integer values; "
-            "pass the column holding stimulus indices as index_column="
+            "set the session's index_column: to the column holding stimulus indices"
         )
     order = np.argsort(start[keep], kind="stable")
     return start[keep][order], stimset[keep][order], index[keep][order].astype(np.int64)
@@ -210,6 +212,8 @@ def read_session(
     any stimulus (later extra repeats are dropped).
     """
     path = Path(path)
+    if path.is_dir():
+        raise SurveyError(f"NWB file {path}: is a directory; give the path of the .nwb file in it")
     if not path.is_file():
         raise SurveyError(f"NWB file {path}: no such file; check the path")
     if not window[0] < window[1]:
@@ -240,7 +244,7 @@ def read_session(
     if len(onsets) == 0:
         raise SurveyError(
             f"NWB file {path}: table {table.name!r} lists no presentations with a stimulus index; "
-            "pass the right presentation_table=/index_column="
+            "set the session's presentation_table: and index_column: to the right ones"
         )
     rates = _bin_rates(trains, onsets, window)
     responses = {

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from survey.catalog import Warehouse
-from survey.errors import SurveyError
+from survey.errors import NotApplicable
 from survey.hashing import content_key
 from survey.metrics.alignment import decodability, manifold_alignment
 from survey.metrics.capacity import manifold_capacity, simulated_capacity
@@ -58,19 +58,27 @@ class CapacityStage(Stage):
         base = {"rep_id": rep["rep_id"], "manifold_set": rep["stimset_id"], **info.provenance()}
         with torch_threads(info.threads):
             geometry = _estimates(manifolds, settings.kappa, settings.n_t, settings.seed)
-            simulated = (_or_none(simulated_capacity, manifolds, n_reps=settings.n_reps, seed=settings.seed)
-                         if settings.simulate and geometry["status"] == "ok" else None)
-        alignment = _or_none(manifold_alignment, manifolds)
+            if not settings.simulate:
+                simulated, simulated_status = None, "not run (capacity.simulate: false)"
+            elif geometry["status"] != "ok":
+                simulated, simulated_status = None, "not run: the theory does not apply (see status)"
+            else:
+                simulated, simulated_status = _or_reason(simulated_capacity, manifolds, n_reps=settings.n_reps,
+                                                         seed=settings.seed)
+        alignment, alignment_status = _or_reason(manifold_alignment, manifolds)
+        decoding, decoding_status = _or_reason(decodability, manifolds, seed=settings.seed)
         aligned = {
             **base, **{field: finite_or_none(getattr(alignment, field)) if alignment else None
                        for field in ("center_alignment", "axis_alignment", "center_axis_alignment")},
-            "decodability": _or_none(decodability, manifolds, seed=settings.seed), "chance": 1.0 / len(manifolds),
+            "decodability": decoding, "chance": 1.0 / len(manifolds),
+            "status": "; ".join(dict.fromkeys(s for s in (alignment_status, decoding_status) if s != "ok")) or "ok",
         }
         written = {"alignment": warehouse.append_unit("alignment", unit.key, [aligned])}
         row = {
             **base, "source_kind": rep["source_kind"], "n_manifolds": len(manifolds),
             "n_points": min(m.shape[1] for m in manifolds), "n_features": manifolds[0].shape[0],
-            "kappa": settings.kappa, "n_t": settings.n_t, "simulated_capacity": simulated, **geometry,
+            "kappa": settings.kappa, "n_t": settings.n_t, "simulated_capacity": simulated,
+            "simulated_status": simulated_status, **geometry,
         }
         written[self.table] = warehouse.append_unit(self.table, unit.key, [row])
         return written
@@ -79,7 +87,7 @@ class CapacityStage(Stage):
 def _estimates(manifolds: list[np.ndarray], kappa: float, n_t: int, seed: int) -> dict:
     try:
         result = manifold_capacity(manifolds, kappa=kappa, n_t=n_t, seed=seed)
-    except SurveyError as err:
+    except NotApplicable as err:
         return {"capacity": None, "radius": None, "dimension": None, "center_correlation": None, "K": None,
                 "capacities": None, "radii": None, "dimensions": None, "status": str(err)}
     return {
@@ -89,10 +97,11 @@ def _estimates(manifolds: list[np.ndarray], kappa: float, n_t: int, seed: int) -
     }
 
 
-def _or_none(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`method(...)`, or None where it cannot apply (it raised SurveyError): e.g. simulated capacity when even all
-    N features do not separate the manifolds, decodability with fewer points than folds, a center at the origin."""
+def _or_reason(method: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, str]:
+    """(`method(...)`, "ok"), or (None, why) where it does not apply (NotApplicable): e.g. simulated capacity when
+    even all N features do not separate the manifolds, decodability with fewer points than folds, a center at the
+    origin. Any other error is the input's and stops the unit."""
     try:
-        return method(*args, **kwargs)
-    except SurveyError:
-        return None
+        return method(*args, **kwargs), "ok"
+    except NotApplicable as err:
+        return None, str(err)

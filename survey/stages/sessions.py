@@ -29,9 +29,15 @@ class SessionsStage(Stage):
     reads = ("stimulus_sets",)
 
     def check(self) -> None:
+        """Read every NWB session the way the stage will (units, presentation table, columns, stimulus indices) and
+        match its stimulus sets to the config's, before anything is written."""
+        defined = {spec.name for spec in self.config.stimuli}
         for nwb in self.config.sessions.nwb if self.config.sessions else ():
-            if not Path(nwb.path).is_file():
-                raise SurveyError(f"NWB file {nwb.path} does not exist; fix sessions.nwb[].path in the config")
+            recorded = _read(nwb)
+            unknown = sorted(set(recorded.responses) - defined)
+            if unknown:
+                raise SurveyError(f"NWB file {nwb.path}: presents stimulus sets {unknown} that the config does not "
+                                  f"define; add them under `stimuli:` (defined: {sorted(defined)})")
 
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         sessions = self.options
@@ -62,10 +68,7 @@ class SessionsStage(Stage):
         sets: dict[str, dict] = unit.payload["stimsets"]
         if "nwb" in unit.payload:
             nwb: NWBSession = unit.payload["nwb"]
-            recorded = read_session(
-                nwb.path, presentation_table=nwb.presentation_table, index_column=nwb.index_column,
-                stimset_column=nwb.stimset_column, default_stimset=nwb.stimset, window=nwb.window,
-            )
+            recorded = _read(nwb)
             return self._ingest(unit, recorded, sets, str(Path(nwb.path).absolute()), False, warehouse, info)
         synthetic = self.config.sessions.synthetic
         images = {name: load_images(warehouse.uri, row["uri"]) for name, row in sets.items()}
@@ -77,7 +80,9 @@ class SessionsStage(Stage):
                 repeats=synthetic.repeats,
             )
             recorded = read_session(path)
-            source_uri = warehouse.put_file(path, _file_hash(Path(path)), ".nwb")
+            # named by the recipe, not the bytes (HDF5 stamps creation times): a rerun or a concurrent run of the
+            # same session finds the file in place instead of leaving a second copy that no row references
+            source_uri = warehouse.put_file(path, stable_hash("synthetic-nwb", unit.key), ".nwb")
         return self._ingest(unit, recorded, sets, source_uri, True, warehouse, info)
 
     def _ingest(
@@ -123,6 +128,11 @@ class SessionsStage(Stage):
         written = {"representations": warehouse.append_unit("representations", unit.key, reps)}
         written[self.table] = warehouse.append_unit(self.table, unit.key, [session])
         return written
+
+
+def _read(nwb: NWBSession) -> RecordedSession:
+    return read_session(nwb.path, presentation_table=nwb.presentation_table, index_column=nwb.index_column,
+                        stimset_column=nwb.stimset_column, default_stimset=nwb.stimset, window=nwb.window)
 
 
 def _file_hash(path: Path) -> str:

@@ -24,6 +24,12 @@ class StimuliStage(Stage):
     def settings(self) -> dict[str, Any]:
         return {"stimuli": [spec.model_dump(mode="json") for spec in self.config.stimuli]}
 
+    def check(self) -> None:
+        """Load and validate every user array file (shape, dtype, range) before anything is written."""
+        for spec in self.config.stimuli:
+            if spec.kind == "array":
+                spec.generate()
+
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         return [WorkUnit(stimset_id(spec), f"stimuli {spec.name}", {"spec": spec}) for spec in self.config.stimuli]
 
