@@ -21,10 +21,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from survey.activations import extract, preprocess, resolve_device
+from survey.activations import extract, preprocess
 from survey.sources.external import build_external
 from survey.sources.zoo import CellSpec, build_network
 from survey.stimuli import NaturalPatches
+from survey.validation import resolve_device
 
 # A mid-sized zoo architecture: 3 stacks of 2 cells, width 32 (NAS-Bench-101-like cell with all three ops).
 SPEC = CellSpec(

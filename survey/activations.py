@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from survey.validation import resolve_device
+
 
 @dataclass(frozen=True)
 class LayerActivations:
@@ -27,12 +29,6 @@ class LayerActivations:
 
 class _EnoughLayers(Exception):  # noqa: N818 - control flow, not an error
     """Raised by the last hook of a batch: the layers after it need not run."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def preprocess(
@@ -69,7 +65,7 @@ def extract(
     Each layer's output is copied to host memory batch by batch into preallocated arrays; the forward
     pass stops as soon as every requested layer has fired.
     """
-    device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    device = resolve_device(device)
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from survey.errors import SurveyError
+from survey.validation import check_int, real_array
 
 SYMMETRY_RTOL = 1e-6  # |D − Dᵀ| and |diag D| allowed, relative to max |D| (float32-computed metrics pass)
 
@@ -37,32 +38,17 @@ class Embedding:
     n_positive: int
 
 
-def _as_float_array(name: str, value: Any, ndim: int) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise SurveyError(f"{name}: not a numeric array ({type(value).__name__}); pass real numbers") from error
-    if array.ndim != ndim:
-        raise SurveyError(f"{name}: expected a {ndim}-D array, got shape {array.shape}; reshape it")
-    if not np.isfinite(array).all():
-        raise SurveyError(f"{name}: contains NaN or inf; drop or recompute those entries")
+def _distances(name: str, value: Any, ndim: int) -> np.ndarray:
+    """Finite, non-negative distances as a float64 array of `ndim` dimensions."""
+    array = real_array(value, name, (ndim,))
     if (array < 0).any():
         raise SurveyError(f"{name}: contains negative distances (min {array.min():.3g}); distances must be ≥ 0")
     return array
 
 
-def _check_count(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low or (
-        high is not None and value > high
-    ):
-        bound = f"≥ {low}" if high is None else f"in [{low}, {high}]"
-        raise SurveyError(f"{name}: got {value!r}; pass an integer {bound}")
-    return int(value)
-
-
 def _distance_matrix(name: str, distances: Any) -> np.ndarray:
     """Validated, exactly symmetrised N×N distance matrix with a zero diagonal."""
-    matrix = _as_float_array(name, distances, 2)
+    matrix = _distances(name, distances, 2)
     n = matrix.shape[0]
     if matrix.shape != (n, n) or n < 1:
         raise SurveyError(f"{name}: expected a square N×N matrix, got shape {matrix.shape}; pass all pair distances")
@@ -123,7 +109,7 @@ def _classical(matrix: np.ndarray, n_components: int) -> Embedding:
 def classical_mds(distances: np.ndarray, n_components: int) -> Embedding:
     """Classical MDS (Torgerson 1952; Gower 1966) of a symmetric N×N distance matrix into `n_components` dims."""
     matrix = _distance_matrix("distances", distances)
-    return _classical(matrix, _check_count("n_components", n_components, 1, matrix.shape[0]))
+    return _classical(matrix, check_int("n_components", n_components, 1, matrix.shape[0]))
 
 
 def maxmin_landmarks(
@@ -139,7 +125,7 @@ def maxmin_landmarks(
     `n_items` = N), so only L rows are ever computed. Returns int64 indices in pick order.
     """
     if callable(distances):
-        n = _check_count("n_items", n_items, 1)
+        n = check_int("n_items", n_items, 1)
         row = distances
     else:
         matrix = _distance_matrix("distances", distances)
@@ -148,11 +134,11 @@ def maxmin_landmarks(
         def row(i: int) -> np.ndarray:
             return matrix[i]
 
-    n_landmarks = _check_count("n_landmarks", n_landmarks, 1, n)
+    n_landmarks = check_int("n_landmarks", n_landmarks, 1, n)
     picks = [int(np.random.default_rng(seed).integers(n))]
     nearest = np.full(n, np.inf)
     for _ in range(n_landmarks - 1):
-        values = _as_float_array(f"distances from item {picks[-1]}", row(picks[-1]), 1)
+        values = _distances(f"distances from item {picks[-1]}", row(picks[-1]), 1)
         if values.shape != (n,):
             raise SurveyError(f"distances from item {picks[-1]}: got shape {values.shape}; return all {n} distances")
         np.minimum(nearest, values, out=nearest)
@@ -173,8 +159,8 @@ class LandmarkMDS:
     _ARRAYS = ("landmark_vectors", "eigenvalues", "pinv", "mean_sq_distances", "stress")
 
     def __init__(self, n_components: int, n_landmarks: int) -> None:
-        self.n_landmarks = _check_count("n_landmarks", n_landmarks, 1)
-        self.n_components = _check_count("n_components", n_components, 1, self.n_landmarks)
+        self.n_landmarks = check_int("n_landmarks", n_landmarks, 1)
+        self.n_components = check_int("n_components", n_components, 1, self.n_landmarks)
         self.embedding_: Embedding | None = None
         self.pinv_: np.ndarray | None = None
         self.mean_sq_distances_: np.ndarray | None = None
@@ -198,7 +184,7 @@ class LandmarkMDS:
         """Place items from their n×L distances to the landmarks: n×k float64 coordinates."""
         if self.pinv_ is None or self.mean_sq_distances_ is None:
             raise SurveyError("LandmarkMDS: not fitted; call fit(landmark_distances) or LandmarkMDS.from_state(state)")
-        distances = _as_float_array("distances_to_landmarks", distances_to_landmarks, 2)
+        distances = _distances("distances_to_landmarks", distances_to_landmarks, 2)
         if distances.shape[1] != self.n_landmarks:
             raise SurveyError(
                 f"distances_to_landmarks: shape {distances.shape} but the fit has {self.n_landmarks} landmarks; "

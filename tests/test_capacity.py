@@ -245,10 +245,10 @@ GOOD = [np.ones((4, 3)) * np.arange(3), np.zeros((4, 3))]
     ("kwargs", "expected"),
     [
         ({"manifolds": [np.ones((4, 3))]}, "at least 2"),
-        ({"manifolds": [np.ones((4, 3)), np.full((4, 3), np.nan)]}, "manifold 1 holds NaN"),
-        ({"manifolds": [np.ones((4, 3)), np.full((4, 3), np.inf)]}, "manifold 1 holds NaN"),
+        ({"manifolds": [np.ones((4, 3)), np.full((4, 3), np.nan)]}, "manifold 1 has 12 non-finite values (NaN"),
+        ({"manifolds": [np.ones((4, 3)), np.full((4, 3), np.inf)]}, "manifold 1 has 12 non-finite values (NaN or inf"),
         ({"manifolds": [np.ones((4, 3)), np.zeros((5, 3))]}, "manifold 1 has 5 features"),
-        ({"manifolds": [np.ones((4, 3)), np.zeros((4, 0))]}, "manifold 1 has shape (4, 0)"),
+        ({"manifolds": [np.ones((4, 3)), np.zeros((4, 0))]}, "manifold 1 is empty (shape (4, 0))"),
         ({"manifolds": [np.ones(4), np.zeros(4)]}, "manifold 0 has shape (4,)"),
         ({"manifolds": [np.ones((4, 3)), np.zeros((4, 2)), -np.ones((4, 3))]}, "manifold 1's center"),
         ({"manifolds": [np.ones((4, 3)), [["a", "b"]] * 4]}, "manifold 1 is not a numeric array"),

@@ -88,7 +88,7 @@ def test_bytes_round_trip_and_reconstruct(kind: str) -> None:
         (lambda d: VectorIndex.build(d.astype(np.complex64), [0, 1, 2]), "not real-valued"),
         (lambda d: VectorIndex.build(np.zeros((0, 4)), []), "non-empty"),
         (lambda d: VectorIndex.build(d, [0, 1, 2]).search(d[:, :3], 1), "dimension 3 but the index has 4"),
-        (lambda d: VectorIndex.build(d, [0, 1, 2]).search(d, 0), "k: got 0"),
+        (lambda d: VectorIndex.build(d, [0, 1, 2]).search(d, 0), "k=0 must be an integer ≥ 1"),
         (lambda d: VectorIndex.build(d, [0, 1, 2]).search(np.full((1, 4), np.inf), 1), "NaN or inf"),
         (lambda d: VectorIndex.from_bytes(b"not an index"), "index bytes"),
         (lambda d: VectorIndex.from_bytes(faiss.serialize_index(faiss.IndexFlatL2(4)).tobytes()), "not an L2"),

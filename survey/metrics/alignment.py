@@ -17,7 +17,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from survey.errors import NotApplicable
-from survey.metrics.capacity import check_int, check_manifolds, mean_abs_cosine
+from survey.metrics.capacity import check_manifolds, mean_abs_cosine
+from survey.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def manifold_alignment(manifolds: Sequence[np.ndarray], n_axes: int = 5) -> Alig
     Manifolds without spread (one point, or all points equal) have no axes and are left out of the last two.
     """
     xs = check_manifolds(manifolds)
-    check_int("n_axes", n_axes, 1, 5)
+    check_int("n_axes", n_axes, 1)
     origin = np.concatenate(xs, axis=1).mean(axis=1)
     centers = np.stack([x.mean(axis=1) for x in xs]) - origin  # P × N
     norms = np.linalg.norm(centers, axis=1)
@@ -88,8 +89,8 @@ def decodability(manifolds: Sequence[np.ndarray], n_splits: int = 5, seed: int =
     `n_splits`-fold cross-validation shuffled with `seed`; chance is about 1/P.
     """
     xs = check_manifolds(manifolds)
-    check_int("n_splits", n_splits, 2, 5)
-    check_int("seed", seed, 0, 0)
+    check_int("n_splits", n_splits, 2)
+    check_int("seed", seed, 0)
     sizes = [x.shape[1] for x in xs]
     if min(sizes) < n_splits:
         mu = int(np.argmin(sizes))

@@ -18,6 +18,7 @@ import torch
 from scipy.optimize import linprog, nnls
 
 from survey.errors import NotApplicable, SurveyError
+from survey.validation import check_int, real_array, resolve_device
 
 # Center-correlation removal (DESIGN §5.2 step 2).
 N_RESTARTS = 10  # Stiefel restarts per K, as in the reference code
@@ -65,15 +66,15 @@ def manifold_capacity(
     if not isinstance(kappa, numbers.Real) or not math.isfinite(kappa):
         raise SurveyError(f"kappa={kappa!r} is not a finite number; pass a finite margin such as 0.0")
     kappa = float(kappa)
-    check_int("n_t", n_t, 1, 200)
-    check_int("seed", seed, 0, 0)
+    check_int("n_t", n_t, 1)
+    check_int("seed", seed, 0)
     dims = [min(x.shape[0], x.shape[1]) for x in xs]
     if t_vectors is None:
         rng = np.random.default_rng([seed, 1])
         ts = [rng.standard_normal((d + 1, n_t)) for d in dims]
     else:
         ts = _check_t_vectors(t_vectors, dims, n_t)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     origin, removed, rho0, k = center_structure(xs, seed)
 
     # Steps 3–5, one batch per manifold size.
@@ -126,12 +127,6 @@ def mean_abs_cosine(rows: np.ndarray) -> float:
     return float((cosines.sum() - np.trace(cosines)) / (n * (n - 1)))
 
 
-def check_int(name: str, value: object, minimum: int, example: int) -> None:
-    """A one-line SurveyError unless `value` is an integer ≥ `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise SurveyError(f"{name}={value!r} must be an integer ≥ {minimum}; pass e.g. {name}={example}")
-
-
 def check_manifolds(manifolds: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The P ≥ 2 manifolds (N × M_μ each, one N) as finite float64 arrays, or a one-line SurveyError."""
     if isinstance(manifolds, np.ndarray) and manifolds.ndim == 3:
@@ -141,18 +136,10 @@ def check_manifolds(manifolds: Sequence[np.ndarray]) -> list[np.ndarray]:
                           "pass P ≥ 2 manifolds")
     xs = []
     for mu, m in enumerate(manifolds):
-        try:
-            x = np.asarray(m, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise SurveyError(f"manifold {mu} is not a numeric array ({error}); pass N × M arrays of numbers") from None
-        if x.ndim != 2 or x.shape[1] < 1 or x.shape[0] < 1:
-            raise SurveyError(f"manifold {mu} has shape {x.shape}; pass a 2-D array N features × M points with "
-                              "N ≥ 1 and M ≥ 1")
+        x = real_array(m, f"manifold {mu}", (2,), "N features × M points")
         if xs and x.shape[0] != xs[0].shape[0]:
             raise SurveyError(f"manifold {mu} has {x.shape[0]} features but manifold 0 has {xs[0].shape[0]}; "
                               "pass manifolds from one representation (same N rows)")
-        if not np.isfinite(x).all():
-            raise SurveyError(f"manifold {mu} holds NaN or infinite values; drop or impute those points")
         xs.append(x)
     return xs
 
@@ -168,18 +155,6 @@ def _check_t_vectors(t_vectors: Sequence[np.ndarray], dims: list[int], n_t: int)
                               f"(D+1, n_t) = ({d + 1}, {n_t}), D = min(N, M_μ)")
         ts.append(t)
     return ts
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise SurveyError(f"device={device!r} is not a torch device; pass 'cpu', 'cuda' or None") from error
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SurveyError(f"device={device!r} but CUDA is not available here; pass device='cpu' or None")
-    return dev
 
 
 # ---------------------------------------------------------------- step 2: center-correlation removal
@@ -485,8 +460,8 @@ def simulated_capacity(manifolds: Sequence[np.ndarray], n_reps: int = 10, seed: 
     only grows with more projections), with an exact LP feasibility test; N_c is the median over trials.
     """
     xs = check_manifolds(manifolds)
-    check_int("n_reps", n_reps, 1, 10)
-    check_int("seed", seed, 0, 0)
+    check_int("n_reps", n_reps, 1)
+    check_int("seed", seed, 0)
     points = np.concatenate(xs, axis=1)
     points = points - points.mean(axis=1, keepdims=True)
     points /= max(float(np.sqrt(np.mean(np.sum(points**2, axis=0)))), 1e-300)

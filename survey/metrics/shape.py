@@ -34,6 +34,7 @@ from scipy.optimize import linear_sum_assignment
 
 from survey.errors import SurveyError
 from survey.metrics.configuration import INPUT_LAYOUT, INPUT_NDIM, Metric, Score, check_configuration
+from survey.validation import real_array, resolve_device
 
 MAX_MAGNITUDE = 1e100  # larger |values| overflow float64 SVDs, smaller non-zero scales underflow them
 EIGENVALUE_FLOOR = 1e-7  # eigenvalues of XᵀX are clipped here before whitening (DESIGN §5.1)
@@ -66,18 +67,9 @@ class Prepared:
 
 
 def check_representation(array: object, name: str, ndim: int = 2, layout: str = "stimuli × units") -> np.ndarray:
-    """`array` as float64 if it is a finite, non-empty `ndim`-D array; otherwise one clear SurveyError."""
-    values = np.asarray(array)
-    if values.ndim != ndim:
-        raise SurveyError(f"representation {name} has shape {values.shape}; pass a {ndim}-D array ({layout})")
-    if values.size == 0 or min(values.shape) == 0:
-        raise SurveyError(f"representation {name} is empty (shape {values.shape}); drop it from the survey")
-    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
-        raise SurveyError(f"representation {name} has dtype {values.dtype}; pass real numbers")
-    values = np.ascontiguousarray(values, dtype=np.float64)  # torch.from_numpy rejects negative strides
-    if not np.isfinite(values).all():
-        raise SurveyError(f"representation {name} has {int((~np.isfinite(values)).sum())} non-finite values; "
-                          "drop or impute NaN/inf responses first")
+    """`array` as contiguous float64 (torch.from_numpy rejects negative strides) if it is a finite, non-empty
+    `ndim`-D array of real numbers within float64's accurate range; otherwise one clear SurveyError."""
+    values = real_array(array, f"representation {name}", (ndim,), layout)
     scale = float(np.abs(values).max())
     if scale > MAX_MAGNITUDE or 0 < scale < 1 / MAX_MAGNITUDE:
         raise SurveyError(f"representation {name} reaches |{scale:g}|, outside [{1 / MAX_MAGNITUDE:g}, "
@@ -126,13 +118,6 @@ def _residual_score(aligned_a: torch.Tensor, aligned_b: torch.Tensor, norm_a: fl
     return 2.0 * float(np.arcsin(min(chord / 2.0, 1.0)))
 
 
-def resolve_torch_device(device: str | torch.device | None) -> torch.device:
-    """`None` or "auto": CUDA when available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class ShapeMetric:
     """One metric configuration: `prepare` each representation once, then `cross` blocks of pairs.
 
@@ -147,7 +132,7 @@ class ShapeMetric:
     ) -> None:
         check_configuration(metric, alpha, score)
         self.metric, self.alpha, self.score, self.center = metric, float(alpha), score, center
-        self.device = resolve_torch_device(device)
+        self.device = resolve_device(device)
 
     def __repr__(self) -> str:
         return f"ShapeMetric({self.metric!r}, alpha={self.alpha:g}, score={self.score!r}, center={self.center})"

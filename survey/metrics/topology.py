@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike
 from scipy.ndimage import gaussian_filter
 
 from survey.errors import SurveyError
+from survey.validation import real_array
 
 SIGMA_LADDER = np.arange(13) * 0.25
 """Gaussian widths (pixels) tried by `noise_sigma`, from 0 (no smoothing) to 3."""
@@ -174,12 +175,7 @@ def level_isotropy(maps: ArrayLike, n_levels: int = 21) -> np.ndarray:
 
 def _as_batch(values: ArrayLike, name: str, core_ndim: int, shape_hint: str) -> np.ndarray:
     """`values` as a C-contiguous float64 batch (leading axis added to a single item), checked finite, H, W ≥ 2."""
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise SurveyError(f"{name} is not a real numeric array ({exc}): pass {shape_hint}") from None
-    if array.ndim not in (core_ndim, core_ndim + 1):
-        raise SurveyError(f"{name} has shape {array.shape}: pass {shape_hint}")
+    array = real_array(values, name, (core_ndim, core_ndim + 1), shape_hint, finite=False)
     if array.ndim == core_ndim:
         array = array[None]
     if min(array.shape[-2:]) < 2:

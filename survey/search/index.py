@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 
 from survey.errors import SurveyError, one_line
+from survey.validation import check_int, real_array
 
 IndexKind = Literal["flat", "hnsw"]
 MISSING_ID = -1  # FAISS's id for "no result"; search() pairs it with an infinite distance
@@ -20,17 +21,10 @@ def _faiss_reason(error: Exception) -> str:
 
 
 def _as_vectors(name: str, value: Any, dim: int | None = None) -> np.ndarray:
-    """C-contiguous float32 m×d array; a 1-D array is one vector."""
-    array = np.asarray(value)
-    if array.dtype.kind not in "iuf":
-        raise SurveyError(f"{name}: dtype {array.dtype} is not real-valued; pass a float array")
-    array = np.ascontiguousarray(np.atleast_2d(array), dtype=np.float32)
-    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise SurveyError(f"{name}: expected a non-empty n×d array, got shape {np.shape(value)}; reshape it")
+    """C-contiguous float32 n × d array of finite values (after the cast); a 1-D array is one vector."""
+    array = real_array(np.atleast_2d(np.asarray(value)), name, (2,), "n vectors × d", dtype=np.float32)
     if dim is not None and array.shape[1] != dim:
         raise SurveyError(f"{name}: vectors have dimension {array.shape[1]} but the index has {dim}; match them")
-    if not np.isfinite(array).all():
-        raise SurveyError(f"{name}: contains NaN or inf (after casting to float32); drop or fix those vectors")
     return array
 
 
@@ -81,8 +75,7 @@ class VectorIndex:
             raise SurveyError(f"kind: got {kind!r}; use 'flat' (exact) or 'hnsw' (approximate, faster)")
         for name, value, low in (("hnsw_m", hnsw_m, 2), ("ef_construction", ef_construction, 1),
                                  ("ef_search", ef_search, 1)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-                raise SurveyError(f"{name}: got {value!r}; pass an integer ≥ {low}")
+            check_int(name, value, low)
         data = _as_vectors("vectors", vectors)
         keys = _as_ids(ids, data.shape[0])
         dim = data.shape[1]
@@ -112,8 +105,7 @@ class VectorIndex:
         Rows are sorted by distance. A slot HNSW could not fill keeps id −1 (`MISSING_ID`) and distance inf, so
         masks such as `ids >= 0` stay aligned. A 1-D query is one row.
         """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise SurveyError(f"k: got {k!r}; pass an integer ≥ 1")
+        check_int("k", k, 1)
         data = _as_vectors("queries", queries, self.dim)
         squared, ids = self._index.search(data, min(int(k), self.ntotal))
         distances = np.sqrt(np.maximum(squared, 0.0))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from survey.activations import extract, resolve_device
+from survey.activations import extract
 from survey.catalog import Warehouse
 from survey.hashing import canonical_json, content_key
 from survey.stages import RunInfo, Stage, WorkUnit
 from survey.stages.networks import load_network
 from survey.stages.stimuli import load_images, stimset_rows
+from survey.validation import resolve_device
 
 
 class ActivationsStage(Stage):

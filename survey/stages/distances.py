@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from survey.activations import resolve_device
 from survey.catalog import Warehouse
 from survey.config import DistanceMetric
 from survey.errors import SurveyError
@@ -25,6 +24,7 @@ from survey.metric_inputs import REP_COLUMNS, eligible, load_prepared
 from survey.metrics.shape import ShapeMetric, all_pairs
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 from survey.stages.stimuli import catalog_stimulus_sets
+from survey.validation import resolve_device
 
 FIRST_LANDMARK_SEED = 0
 
