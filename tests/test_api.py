@@ -358,28 +358,44 @@ def test_survey_serve_command_serves_on_loopback(surveyed) -> None:
         process.wait(timeout=30)
 
 
-def test_a_space_built_while_the_server_runs_is_served_without_a_5xx(surveyed, tmp_path) -> None:
-    """The service re-reads the catalog when its tables get new versions: the new space, its representations'
+def test_a_space_built_while_survey_serve_runs_is_served_without_a_5xx(surveyed, tmp_path) -> None:
+    """`survey serve` re-reads the catalog when its tables get new versions: the new space, its representations'
     metadata and uploads against it are served at once (a stale cache used to answer 404 and 500 here)."""
     import shutil
 
     copy = Warehouse(shutil.copytree(surveyed[0].root, tmp_path / "wh"))
-    spec = {"metric": {"metric": "permutation", "score": "euclidean"}, "stimuli": "natural", "dim": 4}
-    with serving(create_app(copy.uri)) as client:
-        assert client.get("/health").json()["spaces"] == 1
-        run_survey(parse_config({**TINY, "spaces": {"build": [spec]}}), copy, stages=("spaces",), progress=False)
-        time.sleep(SearchService.CATALOG_CHECK_S)
-        listed = client.get("/spaces").json()
-        assert len(listed) == 2
-        new = next(row for row in listed if row["metric"] == "permutation")
-        for rep in rep_ids(copy, new["stimset_id"])[:4]:
-            response = client.get(f"/representations/{rep}/neighbors", params={"k": 3, "space": new["space_id"]})
-            assert response.status_code == 200, response.text
-            assert len(response.json()["results"]) == 3 and response.json()["space_id"] == new["space_id"]
-        upload = client.post("/search", params={"k": 3, "space": new["space_id"]}, headers=NPY,
-                             content=npy_bytes(stored_array(copy, rep_ids(copy, new["stimset_id"])[0])))
-        assert upload.status_code == 200, upload.text
-        assert upload.json()["results"][0]["distance"] == pytest.approx(0.0, abs=1e-9)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", "from survey.cli import main; main()", "serve", "-w", copy.uri,
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+                try:
+                    if client.get("/health").json()["spaces"] == 1:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            spec = {"metric": {"metric": "permutation", "score": "euclidean"}, "stimuli": "natural", "dim": 4}
+            run_survey(parse_config({**TINY, "spaces": {"build": [spec]}}), copy, stages=("spaces",), progress=False)
+            time.sleep(SearchService.CATALOG_CHECK_S)
+            listed = client.get("/spaces").json()
+            assert len(listed) == 2
+            new = next(row for row in listed if row["metric"] == "permutation")
+            for rep in rep_ids(copy, new["stimset_id"])[:4]:
+                response = client.get(f"/representations/{rep}/neighbors", params={"k": 3, "space": new["space_id"]})
+                assert response.status_code == 200, response.text
+                assert len(response.json()["results"]) == 3 and response.json()["space_id"] == new["space_id"]
+            upload = client.post("/search", params={"k": 3, "space": new["space_id"]}, headers=NPY,
+                                 content=npy_bytes(stored_array(copy, rep_ids(copy, new["stimset_id"])[0])))
+            assert upload.status_code == 200, upload.text
+            assert upload.json()["results"][0]["distance"] == pytest.approx(0.0, abs=1e-9)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -154,3 +154,18 @@ def test_user_network_with_local_weights_is_surveyed(tmp_path, tiny_dict):
     again = Warehouse(tmp_path / "again")
     run_survey(parse_config(tiny_dict), again, progress=False)
     assert catalog_fingerprint(again) == catalog_fingerprint(warehouse)  # seeded random init is reproducible
+
+
+def test_two_concurrent_runs_leave_no_unreferenced_session_file(tmp_path, tiny_dict):
+    """Synthetic NWB files are named by their recipe (HDF5 stamps creation times into the bytes), so two runs of the
+    same sessions at once write one file each, not two that only one row references."""
+    tiny_dict.update(zoo=None, stages=["stimuli", "sessions"])
+    config = tmp_path / "sessions.yaml"
+    config.write_text(yaml.safe_dump(tiny_dict))
+    runs = [_survey_process(config, tmp_path / "wh") for _ in range(2)]
+    for run in runs:
+        assert run.wait(timeout=600) == 0, run.stderr.read()
+    warehouse = Warehouse(tmp_path / "wh")
+    referenced = {row["source_uri"] for row in warehouse.rows("sessions")}
+    assert len(referenced) == 2 and {str(path) for path in (tmp_path / "wh" / "arrays").glob("*.nwb")} == referenced
+    assert table_counts(warehouse)["sessions"] == 2
