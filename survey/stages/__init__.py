@@ -48,7 +48,7 @@ class Stage(ABC):
     table: ClassVar[str]
     writes_also: ClassVar[tuple[str, ...]] = ()
     reads: ClassVar[tuple[str, ...]] = ()
-    version: ClassVar[int] = 1  # bump when a stage's output changes for the same inputs
+    version: ClassVar[int] = 1  # bump when a stage's output changes for the same inputs (new keys: rebuild its tables)
     iterative: bool = False  # True: plan again after the units run, until nothing is pending (rounds)
 
     def __init__(self, config: SurveyConfig) -> None:
@@ -56,10 +56,6 @@ class Stage(ABC):
 
     def check(self) -> None:  # noqa: B027 - most stages have nothing to check before the run
         """Validate the config before any stage writes (no catalog access); raises SurveyError."""
-
-    @property
-    def writes(self) -> tuple[str, ...]:
-        return (self.table, *self.writes_also)
 
     @abstractmethod
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
