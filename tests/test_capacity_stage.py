@@ -69,7 +69,9 @@ def test_a_dead_representation_gets_null_estimates_and_a_reason(tmp_path, tiny_d
     center, alignment_status = connect(warehouse).execute(
         "SELECT center_alignment, status FROM alignment WHERE rep_id = 'rep-dead'").fetchone()
     assert center is None and "center" in alignment_status and "\n" not in alignment_status
-    assert connect(warehouse).execute("SELECT bool_and(status = 'ok') FROM alignment WHERE rep_id != 'rep-dead'"
-                                      ).fetchone()[0]
+    # the other representations have alignments; their status may only carry decodability's reason (the tiny
+    # natural set has a one-image class, fewer points than folds)
+    assert connect(warehouse).execute("""SELECT bool_and(center_alignment IS NOT NULL AND status NOT LIKE '%center%')
+                                         FROM alignment WHERE rep_id != 'rep-dead'""").fetchone()[0]
     ok = connect(warehouse).execute("SELECT count(*) FROM capacity WHERE status = 'ok'").fetchone()[0]
     assert ok == len(warehouse.rows("capacity")) - 1
