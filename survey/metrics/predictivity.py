@@ -1,0 +1,162 @@
+"""Neural predictivity: ridge readouts from a network layer's features to recorded neurons, scored on held-out
+stimuli and corrected by each neuron's split-half reliability (Yamins et al. 2014; Schrimpf et al. 2018; DESIGN §3
+`predictivity`).
+
+All arrays are NumPy float64; stimuli are rows. Nothing here knows of the catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from survey.errors import SurveyError
+from survey.validation import check_int, real_array
+
+# Ridge penalties as multiples of the mean eigenvalue of the standardised features' Gram matrix, so one grid fits any
+# layer width and stimulus count.
+RELATIVE_PENALTIES = tuple(float(p) for p in np.logspace(-4, 3, 15))
+
+
+@dataclass(frozen=True)
+class Readout:
+    """A fitted linear readout ``responses ≈ ((features − mean) / scale) @ weights + bias`` (one penalty per
+    neuron, chosen by cross-validation)."""
+
+    mean: np.ndarray  # F
+    scale: np.ndarray  # F (1 where a feature is constant)
+    weights: np.ndarray  # F × U
+    bias: np.ndarray  # U
+    penalty: np.ndarray  # U, the absolute ridge penalty each neuron got
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.mean) / self.scale) @ self.weights + self.bias
+
+
+@dataclass(frozen=True)
+class Predictivity:
+    """Per-neuron held-out Pearson r, split-half reliability (Spearman–Brown) and the corrected score r / √reliability
+    (NaN where the reliability is not positive), and the median corrected score over the neurons that have one."""
+
+    r: np.ndarray
+    reliability: np.ndarray
+    corrected: np.ndarray
+    median: float
+
+
+def _standardise(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    return mean, np.where(scale > 0, scale, 1.0)
+
+
+def ridge_path(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
+               relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions at `eval_x` of the ridge fits of `train_y` on the standardised `train_x`, one per penalty
+    (P × n_eval × U), from one SVD: W(λ) = V diag(s / (s² + λ)) Uᵀ y, with λ = relative penalty × mean(s²) over
+    the n_train stimuli (Hoerl & Kennard 1970). Also returns the absolute penalties."""
+    mean, scale = _standardise(train_x)
+    y_mean = train_y.mean(axis=0)
+    u, s, vt = np.linalg.svd((train_x - mean) / scale, full_matrices=False)
+    penalties = np.asarray(relative_penalties) * max(float(np.mean(s**2)), np.finfo(float).tiny)
+    projected = ((eval_x - mean) / scale) @ vt.T  # n_eval × r
+    loadings = u.T @ (train_y - y_mean)  # r × U
+    shrink = s[None, :] / (s[None, :] ** 2 + penalties[:, None])  # P × r
+    return np.einsum("er,pr,ru->peu", projected, shrink, loadings) + y_mean, penalties
+
+
+def _folds(n: int, n_folds: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return np.array_split(rng.permutation(n), n_folds)
+
+
+def fit_readout(features: np.ndarray, responses: np.ndarray, n_folds: int = 5, seed: int = 0,
+                relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> Readout:
+    """Ridge readout with each neuron's penalty chosen by `n_folds`-fold cross-validated squared error on these
+    stimuli, then refitted on all of them."""
+    features, responses = _check_pair(features, responses)
+    n = check_int("n_folds", n_folds, 2, features.shape[0])
+    errors = np.zeros((len(relative_penalties), responses.shape[1]))
+    stimuli = np.arange(features.shape[0])
+    for held in _folds(features.shape[0], n, np.random.default_rng(seed)):
+        kept = np.setdiff1d(stimuli, held)
+        predictions, _ = ridge_path(features[kept], responses[kept], features[held], relative_penalties)
+        errors += ((predictions - responses[held]) ** 2).sum(axis=1)
+    best = errors.argmin(axis=0)  # per neuron
+    mean, scale = _standardise(features)
+    y_mean = responses.mean(axis=0)
+    u, s, vt = np.linalg.svd((features - mean) / scale, full_matrices=False)
+    penalties = np.asarray(relative_penalties)[best] * max(float(np.mean(s**2)), np.finfo(float).tiny)
+    shrink = s[:, None] / (s[:, None] ** 2 + penalties[None, :])  # r × U
+    weights = vt.T @ (shrink * (u.T @ (responses - y_mean)))
+    return Readout(mean, scale, weights, y_mean, penalties)
+
+
+def cross_validated_predictions(features: np.ndarray, responses: np.ndarray, n_folds: int = 5, seed: int = 0,
+                                relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> np.ndarray:
+    """Every stimulus's predicted responses from a readout fitted (penalty chosen by an inner cross-validation)
+    without it: outer `n_folds`-fold cross-validation, folds drawn with `seed`."""
+    features, responses = _check_pair(features, responses)
+    n = check_int("n_folds", n_folds, 2, features.shape[0])
+    predictions = np.empty_like(responses)
+    stimuli = np.arange(features.shape[0])
+    for fold, held in enumerate(_folds(features.shape[0], n, np.random.default_rng(seed))):
+        kept = np.setdiff1d(stimuli, held)
+        readout = fit_readout(features[kept], responses[kept], min(n, len(kept)), seed + fold + 1,
+                              relative_penalties)
+        predictions[held] = readout.predict(features[held])
+    return predictions
+
+
+def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of `a` with the same column of `b` (NaN where either is constant)."""
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    denominator = np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (a * b).sum(axis=0) / denominator, np.nan)
+
+
+def split_half_reliability(repeats: np.ndarray, n_splits: int = 20, seed: int = 0) -> np.ndarray:
+    """Reliability of each neuron's mean over all R repeats (n_stimuli × R × U input): the Pearson r between the
+    means of two random halves of the repeats (h = R // 2 each), averaged over `n_splits` splits, stepped up by the
+    Spearman–Brown prophecy ρ = k r / (1 + (k − 1) r) with k = R / h (Spearman 1910; Brown 1910)."""
+    repeats = real_array(repeats, "repeats", (3,), "n_stimuli × n_repeats × n_units")
+    n_repeats = repeats.shape[1]
+    if n_repeats < 2:
+        raise SurveyError(f"repeats has {n_repeats} repeat per stimulus; split-half reliability needs at least 2")
+    check_int("n_splits", n_splits, 1)
+    rng = np.random.default_rng(seed)
+    half = n_repeats // 2
+    r = np.zeros(repeats.shape[2])
+    for _ in range(n_splits):
+        order = rng.permutation(n_repeats)
+        r += pearson_columns(repeats[:, order[:half]].mean(axis=1), repeats[:, order[half:2 * half]].mean(axis=1))
+    r /= n_splits
+    k = n_repeats / half
+    return k * r / (1 + (k - 1) * r)
+
+
+def neural_predictivity(features: np.ndarray, repeats: np.ndarray, n_folds: int = 5, seed: int = 0,
+                        relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> Predictivity:
+    """Held-out predictivity of the repeat-averaged responses from `features` (n_stimuli × F; repeats
+    n_stimuli × R × U), corrected for the neurons' trial noise: r / √ρ is Spearman's correction for attenuation
+    with noise on the neural side only, an estimate of the r against the noise-free response."""
+    repeats = real_array(repeats, "repeats", (3,), "n_stimuli × n_repeats × n_units")
+    mean_responses = repeats.mean(axis=1)
+    predictions = cross_validated_predictions(features, mean_responses, n_folds, seed, relative_penalties)
+    r = pearson_columns(predictions, mean_responses)
+    reliability = split_half_reliability(repeats, seed=seed)
+    with np.errstate(invalid="ignore"):
+        corrected = np.where(reliability > 0, r / np.sqrt(np.where(reliability > 0, reliability, 1.0)), np.nan)
+    finite = corrected[np.isfinite(corrected)]
+    return Predictivity(r, reliability, corrected, float(np.median(finite)) if finite.size else float("nan"))
+
+
+def _check_pair(features: np.ndarray, responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    features = real_array(features, "features", (2,), "n_stimuli × n_features")
+    responses = real_array(responses, "responses", (2,), "n_stimuli × n_neurons")
+    if features.shape[0] != responses.shape[0]:
+        raise SurveyError(f"features has {features.shape[0]} stimuli but responses has {responses.shape[0]}; pass "
+                          "both in the same stimulus order")
+    return features, responses
