@@ -1,0 +1,1 @@
+"""Most exciting inputs (DESIGN §5.5): the optimisers over images, free of the catalog and of MLflow."""
