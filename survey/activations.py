@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,11 +66,37 @@ def extract(
     pass stops as soon as every requested layer has fired.
     """
     device = resolve_device(device)
+    model = model.eval().to(device)
+    flat: dict[str, np.ndarray] = {}
+    spatial: dict[str, np.ndarray | None] = {}
+    n = len(images)
+    with torch.inference_mode(), capturing(model, layers) as forward:
+        for start in range(0, n, batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            captured = forward(preprocess(batch.to(device, non_blocking=True), input_size, mean, std))
+            stop = start + len(batch)
+            for name in layers:
+                output = captured[name].float()
+                pooled = pool_positions(output, spatial_pool).flatten(1).cpu().numpy()
+                if name not in flat:
+                    flat[name] = np.empty((n, pooled.shape[1]), np.float32)
+                    keep = keep_spatial and output.ndim == 4
+                    spatial[name] = np.empty((n, *output.shape[1:]), np.float32) if keep else None
+                flat[name][start:stop] = pooled
+                if spatial[name] is not None:
+                    spatial[name][start:stop] = output.cpu().numpy()
+    return {name: LayerActivations(flat[name], spatial[name]) for name in layers}
+
+
+@contextlib.contextmanager
+def capturing(model: nn.Module, layers: list[str] | tuple[str, ...]
+              ) -> Iterator[Callable[[torch.Tensor], dict[str, torch.Tensor]]]:
+    """Within the block, `forward(batch)` runs `model` only until every named layer has fired and returns their
+    outputs (with their autograd graph when gradients are on), by forward hooks removed on exit."""
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:
         raise KeyError(f"model has no layers {missing}")
-    model = model.eval().to(device)
     captured: dict[str, torch.Tensor] = {}
 
     def hook_for(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
@@ -81,33 +107,18 @@ def extract(
 
         return hook
 
+    def forward(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        captured.clear()
+        with contextlib.suppress(_EnoughLayers):
+            model(batch)
+        return dict(captured)
+
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
-    flat: dict[str, np.ndarray] = {}
-    spatial: dict[str, np.ndarray | None] = {}
-    n = len(images)
     try:
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-                batch = preprocess(batch.to(device, non_blocking=True), input_size, mean, std)
-                captured.clear()
-                with contextlib.suppress(_EnoughLayers):
-                    model(batch)
-                stop = start + len(batch)
-                for name in layers:
-                    output = captured[name].float()
-                    pooled = pool_positions(output, spatial_pool).flatten(1).cpu().numpy()
-                    if name not in flat:
-                        flat[name] = np.empty((n, pooled.shape[1]), np.float32)
-                        keep = keep_spatial and output.ndim == 4
-                        spatial[name] = np.empty((n, *output.shape[1:]), np.float32) if keep else None
-                    flat[name][start:stop] = pooled
-                    if spatial[name] is not None:
-                        spatial[name][start:stop] = output.cpu().numpy()
+        yield forward
     finally:
         for handle in handles:
             handle.remove()
-    return {name: LayerActivations(flat[name], spatial[name]) for name in layers}
 
 
 def pool_positions(output: torch.Tensor, size: int) -> torch.Tensor:
