@@ -13,7 +13,8 @@ from survey.metrics.configuration import METRICS, SCORES, check_configuration
 from survey.stimuli import StimulusSpec
 
 # every stage's name; the order they run in follows from the tables each reads and writes (survey.runtime.survey)
-STAGE_NAMES = ("stimuli", "networks", "sessions", "activations", "distances", "capacity", "topology", "spaces")
+STAGE_NAMES = ("stimuli", "networks", "sessions", "activations", "distances", "capacity", "topology", "predictivity",
+               "spaces")
 CONV_SIZE = 4  # conv metric: maps are average-pooled to this many positions a side (distances and their spaces)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -169,6 +170,15 @@ class TopologyConfig(_Strict):
     smooth: bool = True  # recorded neurons: smooth each map at its noise level before counting
 
 
+class PredictivityConfig(_Strict):
+    """Encoding models: ridge readouts from every network layer to every recorded area on a shared stimulus set,
+    scored by cross-validation and corrected by the neurons' split-half reliability (DESIGN §3 `predictivity`)."""
+
+    stimuli: tuple[str, ...] | None = None  # stimulus sets; None: every set that has both layers and recordings
+    n_folds: int = Field(5, ge=2)  # outer folds score, inner folds pick each neuron's penalty
+    seed: int = Field(0, ge=0)
+
+
 class SpaceSpec(_Strict):
     """One embedding space: a metric configuration's stored distances on one stimulus set, embedded by landmark MDS
     and indexed in FAISS (DESIGN §5.4)."""
@@ -213,6 +223,7 @@ class SurveyConfig(_Strict):
     distances: DistancesConfig | None = None
     capacity: CapacityConfig | None = None
     topology: TopologyConfig | None = None
+    predictivity: PredictivityConfig | None = None
     spaces: SpacesConfig | None = None
     catalog: CatalogConfig = CatalogConfig()
     stages: tuple[Literal[STAGE_NAMES], ...] = STAGE_NAMES  # type: ignore[valid-type]

@@ -143,6 +143,31 @@ TOPOLOGY = _schema(
     pa.field("reliability_agreement", pa.float64()),  # sessions: split-half share of equal counts
 )
 
+_PER_NEURON = pa.list_(pa.float64())  # one entry per neuron of the area, in its column order; NULL: not defined
+PREDICTIVITY = _schema(  # DESIGN §3; one row per network layer × recorded area on a shared stimulus set
+    pa.field("network_rep_id", pa.string(), nullable=False),
+    pa.field("session_rep_id", pa.string(), nullable=False),
+    pa.field("stimset_id", pa.string(), nullable=False),
+    pa.field("network_id", pa.string(), nullable=False),
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("depth", pa.float64(), nullable=False),  # the layer's relative depth, 0 (input side) … 1 (output)
+    pa.field("session_id", pa.string(), nullable=False),
+    pa.field("area", pa.string(), nullable=False),
+    pa.field("n_stimuli", pa.int32(), nullable=False),
+    pa.field("n_repeats", pa.int32(), nullable=False),
+    pa.field("n_neurons", pa.int32(), nullable=False),
+    pa.field("n_features", pa.int32(), nullable=False),
+    pa.field("n_folds", pa.int32(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("median_corrected", pa.float64()),  # median over neurons of r / √reliability (the headline score)
+    pa.field("median_r", pa.float64()),  # median held-out Pearson r, uncorrected
+    pa.field("r", _PER_NEURON),
+    pa.field("reliability", _PER_NEURON),  # split-half, Spearman–Brown: the noise ceiling (as r², of the mean)
+    pa.field("corrected", _PER_NEURON),  # NULL where the reliability is not positive
+    pa.field("readout_uri", pa.string()),  # .npz: the ridge readout fitted on every stimulus (the encoding model)
+    pa.field("status", pa.string(), nullable=False),  # ok, or why the scores are NULL
+)
+
 DISTANCE_BLOCKS = _schema(  # stable groups of representations: a tile of `shape_distances` pairs two blocks
     pa.field("stimset_id", pa.string(), nullable=False),
     pa.field("block_id", pa.string(), nullable=False),
@@ -213,6 +238,7 @@ TABLES: dict[str, pa.Schema] = {
     "capacity": CAPACITY,
     "alignment": ALIGNMENT,
     "topology": TOPOLOGY,
+    "predictivity": PREDICTIVITY,
     "spaces": SPACES,
     "embeddings": EMBEDDINGS,
     "runs": RUNS,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from survey.errors import SurveyError
+from survey.errors import NotApplicable, SurveyError
 from survey.validation import check_int, real_array
 
 # Ridge penalties as multiples of the mean eigenvalue of the standardised features' Gram matrix, so one grid fits any
@@ -124,7 +124,7 @@ def split_half_reliability(repeats: np.ndarray, n_splits: int = 20, seed: int = 
     repeats = real_array(repeats, "repeats", (3,), "n_stimuli × n_repeats × n_units")
     n_repeats = repeats.shape[1]
     if n_repeats < 2:
-        raise SurveyError(f"repeats has {n_repeats} repeat per stimulus; split-half reliability needs at least 2")
+        raise NotApplicable(f"repeats has {n_repeats} repeat per stimulus; split-half reliability needs at least 2")
     check_int("n_splits", n_splits, 1)
     rng = np.random.default_rng(seed)
     half = n_repeats // 2
@@ -143,6 +143,9 @@ def neural_predictivity(features: np.ndarray, repeats: np.ndarray, n_folds: int 
     n_stimuli × R × U), corrected for the neurons' trial noise: r / √ρ is Spearman's correction for attenuation
     with noise on the neural side only, an estimate of the r against the noise-free response."""
     repeats = real_array(repeats, "repeats", (3,), "n_stimuli × n_repeats × n_units")
+    if repeats.shape[0] < 2 * n_folds:
+        raise NotApplicable(f"{repeats.shape[0]} stimuli are too few for {n_folds}-fold cross-validation with an "
+                            f"inner {n_folds}-fold choice of the penalty; pass n_folds ≤ {repeats.shape[0] // 2}")
     mean_responses = repeats.mean(axis=1)
     predictions = cross_validated_predictions(features, mean_responses, n_folds, seed, relative_penalties)
     r = pearson_columns(predictions, mean_responses)

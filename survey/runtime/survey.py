@@ -19,6 +19,7 @@ from survey.stages.activations import ActivationsStage
 from survey.stages.capacity import CapacityStage
 from survey.stages.distances import DistancesStage
 from survey.stages.networks import NetworksStage
+from survey.stages.predictivity import PredictivityStage
 from survey.stages.sessions import SessionsStage
 from survey.stages.spaces import SpacesStage
 from survey.stages.stimuli import StimuliStage
@@ -44,7 +45,7 @@ def stage_order(stages: list[type[Stage]]) -> tuple[str, ...]:
 
 
 _CLASSES = [StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage, CapacityStage, TopologyStage,
-            SpacesStage]
+            PredictivityStage, SpacesStage]
 STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in _CLASSES}
 STAGE_ORDER = stage_order(_CLASSES)
 assert set(STAGES) == set(STAGE_NAMES)
