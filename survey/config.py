@@ -175,7 +175,7 @@ class PredictivityConfig(_Strict):
     scored by cross-validation and corrected by the neurons' split-half reliability (DESIGN §3 `predictivity`)."""
 
     stimuli: tuple[str, ...] | None = None  # stimulus sets; None: every set that has both layers and recordings
-    n_folds: int = Field(5, ge=2)  # outer folds score, inner folds pick each neuron's penalty
+    n_folds: int = Field(5, ge=2)  # folds that score; each neuron's penalty by leave-one-out within the training folds
     seed: int = Field(0, ge=0)
 
 

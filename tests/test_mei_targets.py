@@ -44,7 +44,7 @@ def test_the_encoding_model_predicts_what_the_readout_predicts_from_the_stored_f
     layer = network.layer_names[2]
     features = extract(network, images, [layer], spatial_pool=2, **PREPROCESSING)[layer].flat
     responses = np.random.default_rng(2).standard_normal((len(images), 3))
-    readout = fit_readout(features.astype(np.float64), responses, n_folds=3)
+    readout = fit_readout(features.astype(np.float64), responses)
     model = EncodingModel(network, layer, PREPROCESSING, OFFSET, spatial_pool=2, readout=readout)
     with torch.no_grad():
         predicted = model(contrast(images)).numpy()
@@ -68,6 +68,6 @@ def test_bad_targets_are_named(network, images):
     with pytest.raises(SurveyError, match="target index 10000 is out of range") as error:
         wide(contrast(images[:1]))
     assert "\n" not in str(error.value)
-    readout = fit_readout(np.random.default_rng(0).standard_normal((12, 5)), np.ones((12, 2)), n_folds=3)
+    readout = fit_readout(np.random.default_rng(0).standard_normal((12, 5)), np.ones((12, 2)))
     with pytest.raises(SurveyError, match="refit the encoding model"):
         EncodingModel(network, "pool", PREPROCESSING, OFFSET, 2, readout)(contrast(images[:1]))

@@ -9,9 +9,9 @@ from survey.metrics.predictivity import (
     RELATIVE_PENALTIES,
     cross_validated_predictions,
     fit_readout,
+    leave_one_out_errors,
     neural_predictivity,
     pearson_columns,
-    ridge_path,
     split_half_reliability,
 )
 
@@ -30,21 +30,30 @@ def population(n_stimuli: int, n_features: int, n_neurons: int, seed: int) -> tu
     return features, features @ rng.standard_normal((n_features, n_neurons))
 
 
-def test_the_ridge_path_and_the_refit_equal_the_closed_form():
-    features, responses = population(80, 12, 4, seed=0)
+@pytest.mark.parametrize("n_features", [12, 100])  # fewer features than stimuli (SVD), more (Gram matrix)
+def test_leave_one_out_errors_and_the_refit_equal_the_closed_form(n_features):
+    features, responses = population(40, n_features, 3, seed=0)
     responses += np.random.default_rng(1).standard_normal(responses.shape) * 3.0
-    predictions, penalties = ridge_path(features[:60], responses[:60], features[60:])
-    for p, penalty in enumerate(penalties):
-        mean, scale, weights = closed_form_ridge(features[:60], responses[:60], penalty)
-        expected = (features[60:] - mean) / scale @ weights + responses[:60].mean(axis=0)
-        np.testing.assert_allclose(predictions[p], expected, rtol=1e-9, atol=1e-9)
-    readout = fit_readout(features, responses, n_folds=4, seed=3)
+    errors = leave_one_out_errors(features, responses)
+    mean, scale = features.mean(axis=0), features.std(axis=0)
+    xs = (features - mean) / scale
+    penalties = np.asarray(RELATIVE_PENALTIES) * np.sum(xs**2) / min(xs.shape)  # mean of the s² over min(n, F)
+    design = np.hstack([np.ones((len(xs), 1)), xs])
+    for p, penalty in enumerate(penalties[::4]):
+        ridge = np.sqrt(penalty) * np.eye(xs.shape[1] + 1)[1:]  # unpenalised intercept, ridge on the weights
+        expected = np.zeros(responses.shape[1])
+        for i in range(len(features)):  # refit without stimulus i, as least squares on [D; √λ·I] (QR-conditioned)
+            kept = np.arange(len(features)) != i
+            stacked = np.vstack([design[kept], ridge])
+            targets = np.vstack([responses[kept], np.zeros((len(ridge), responses.shape[1]))])
+            coefficients = np.linalg.lstsq(stacked, targets, rcond=None)[0]
+            expected += (design[i] @ coefficients - responses[i]) ** 2
+        np.testing.assert_allclose(errors[4 * p], expected, rtol=1e-9)
+    readout = fit_readout(features, responses)
     for neuron in range(responses.shape[1]):
         _, _, weights = closed_form_ridge(features, responses, readout.penalty[neuron])
         np.testing.assert_allclose(readout.weights[:, neuron], weights[:, neuron], rtol=1e-9, atol=1e-9)
-    grid = np.asarray(RELATIVE_PENALTIES) * np.mean(np.linalg.svd((features - readout.mean) / readout.scale,
-                                                                  compute_uv=False) ** 2)
-    assert all(np.isclose(grid, penalty, rtol=1e-12).any() for penalty in readout.penalty)
+    np.testing.assert_allclose(readout.penalty, penalties[errors.argmin(axis=0)], rtol=1e-12)
 
 
 def test_the_penalty_grows_with_the_noise():
@@ -109,6 +118,7 @@ def test_a_neuron_without_reliable_responses_gets_no_corrected_score():
     (lambda: neural_predictivity(np.ones((10, 3)), np.ones((10, 2))), "n_stimuli × n_repeats × n_units"),
     (lambda: fit_readout(np.full((10, 3), np.nan), np.ones((10, 2))), "non-finite"),
     (lambda: cross_validated_predictions(np.ones((4, 3)), np.ones((4, 2)), n_folds=5), "n_folds"),
+    (lambda: fit_readout(np.ones((2, 3)), np.ones((2, 2))), "too few to choose a ridge penalty"),
 ])
 def test_bad_inputs_are_named(call, message):
     with pytest.raises(SurveyError, match=message) as error:

@@ -94,8 +94,7 @@ def test_the_stored_readout_is_the_fit_on_every_stimulus(surveyed):
     row = next(r for r in warehouse.rows("predictivity") if r["layer"] == "member002" and r["area"] == "IT")
     features = arrays[row["network_rep_id"]].astype(np.float64)
     stored = load_readout(warehouse, row["readout_uri"])
-    expected = fit_readout(features, repeats.astype(np.float32).astype(np.float64).mean(axis=1), row["n_folds"],
-                           row["seed"])
+    expected = fit_readout(features, repeats.astype(np.float32).astype(np.float64).mean(axis=1))
     np.testing.assert_allclose(stored.weights, expected.weights, rtol=1e-10, atol=1e-12)
     assert len(row["r"]) == len(row["corrected"]) == len(row["reliability"]) == row["n_neurons"] == 8
 

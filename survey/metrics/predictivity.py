@@ -51,59 +51,89 @@ def _standardise(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 0, scale, 1.0)
 
 
-def ridge_path(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
-               relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions at `eval_x` of the ridge fits of `train_y` on the standardised `train_x`, one per penalty
-    (P × n_eval × U), from one SVD: W(λ) = V diag(s / (s² + λ)) Uᵀ y, with λ = relative penalty × mean(s²) over
-    the n_train stimuli (Hoerl & Kennard 1970). Also returns the absolute penalties."""
-    mean, scale = _standardise(train_x)
-    y_mean = train_y.mean(axis=0)
-    u, s, vt = np.linalg.svd((train_x - mean) / scale, full_matrices=False)
-    penalties = np.asarray(relative_penalties) * max(float(np.mean(s**2)), np.finfo(float).tiny)
-    projected = ((eval_x - mean) / scale) @ vt.T  # n_eval × r
-    loadings = u.T @ (train_y - y_mean)  # r × U
-    shrink = s[None, :] / (s[None, :] ** 2 + penalties[:, None])  # P × r
-    return np.einsum("er,pr,ru->peu", projected, shrink, loadings) + y_mean, penalties
+@dataclass(frozen=True)
+class _Decomposition:
+    """The standardised features X (n × F) with the left singular vectors U and squared singular values s² of
+    X = U S Vᵀ (for a wide layer through a QR of Xᵀ first: 3× faster than its SVD at 205 × 1024, as accurate).
+    Ridge needs nothing else: W(λ) = Xᵀ U diag(1 / (s² + λ)) Uᵀ y."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    standardised: np.ndarray
+    u: np.ndarray
+    s2: np.ndarray
+
+    @classmethod
+    def of(cls, features: np.ndarray) -> _Decomposition:
+        mean, scale = _standardise(features)
+        standardised = (features - mean) / scale
+        # a wide layer (F ≥ n): Xᵀ = QR, so X = Rᵀ Qᵀ has the left singular vectors and values of the n × n Rᵀ
+        square = standardised if standardised.shape[1] < standardised.shape[0] else \
+            np.linalg.qr(standardised.T, mode="r").T
+        u, s, _ = np.linalg.svd(square, full_matrices=False)
+        return cls(mean, scale, standardised, u, s**2)
+
+    def penalties(self, relative_penalties: tuple[float, ...]) -> np.ndarray:
+        return np.asarray(relative_penalties) * max(float(np.mean(self.s2)), np.finfo(float).tiny)
+
+    def leave_one_out_errors(self, responses: np.ndarray, relative_penalties: tuple[float, ...]) -> np.ndarray:
+        n, u = self.u.shape[0], self.u
+        centred = responses - responses.mean(axis=0)
+        loadings = u.T @ centred  # r × U
+        errors = np.empty((len(relative_penalties), responses.shape[1]))
+        for p, penalty in enumerate(self.penalties(relative_penalties)):
+            smoothing = self.s2 / (self.s2 + penalty)
+            leverage = 1.0 / n + (u**2) @ smoothing
+            residuals = (centred - u @ (smoothing[:, None] * loadings)) / (1.0 - leverage)[:, None]
+            errors[p] = (residuals**2).sum(axis=0)
+        return errors
+
+    def weights(self, responses: np.ndarray, penalties: np.ndarray) -> np.ndarray:
+        """F × U ridge weights, neuron j at penalty `penalties[j]`."""
+        loadings = self.u.T @ (responses - responses.mean(axis=0))  # r × U
+        return self.standardised.T @ (self.u @ (loadings / (self.s2[:, None] + penalties[None, :])))
+
+
+def leave_one_out_errors(features: np.ndarray, responses: np.ndarray,
+                         relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> np.ndarray:
+    """Leave-one-out squared error of every neuron's ridge fit at every penalty (P × U), from one decomposition of
+    the standardised features X = U S Vᵀ: the fit with an unpenalised intercept is the linear smoother
+    H = 11ᵀ/n + U diag(s² / (s² + λ)) Uᵀ, so each left-out residual is (y − Hy)ᵢ / (1 − Hᵢᵢ) (Allen 1974; Golub,
+    Heath & Wahba 1979). λ = relative penalty × mean(s²)."""
+    features, responses = _check_pair(features, responses)
+    return _Decomposition.of(features).leave_one_out_errors(responses, relative_penalties)
 
 
 def _folds(n: int, n_folds: int, rng: np.random.Generator) -> list[np.ndarray]:
     return np.array_split(rng.permutation(n), n_folds)
 
 
-def fit_readout(features: np.ndarray, responses: np.ndarray, n_folds: int = 5, seed: int = 0,
+def fit_readout(features: np.ndarray, responses: np.ndarray,
                 relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> Readout:
-    """Ridge readout with each neuron's penalty chosen by `n_folds`-fold cross-validated squared error on these
-    stimuli, then refitted on all of them."""
+    """Ridge readout (Hoerl & Kennard 1970) on the standardised features, each neuron's penalty the one of least
+    leave-one-out error over these stimuli (`leave_one_out_errors`): W = V diag(s / (s² + λ)) Uᵀ (y − ȳ), computed
+    as Xᵀ U diag(1 / (s² + λ)) Uᵀ (y − ȳ)."""
     features, responses = _check_pair(features, responses)
-    n = check_int("n_folds", n_folds, 2, features.shape[0])
-    errors = np.zeros((len(relative_penalties), responses.shape[1]))
-    stimuli = np.arange(features.shape[0])
-    for held in _folds(features.shape[0], n, np.random.default_rng(seed)):
-        kept = np.setdiff1d(stimuli, held)
-        predictions, _ = ridge_path(features[kept], responses[kept], features[held], relative_penalties)
-        errors += ((predictions - responses[held]) ** 2).sum(axis=1)
-    best = errors.argmin(axis=0)  # per neuron
-    mean, scale = _standardise(features)
-    y_mean = responses.mean(axis=0)
-    u, s, vt = np.linalg.svd((features - mean) / scale, full_matrices=False)
-    penalties = np.asarray(relative_penalties)[best] * max(float(np.mean(s**2)), np.finfo(float).tiny)
-    shrink = s[:, None] / (s[:, None] ** 2 + penalties[None, :])  # r × U
-    weights = vt.T @ (shrink * (u.T @ (responses - y_mean)))
-    return Readout(mean, scale, weights, y_mean, penalties)
+    if features.shape[0] < 3:
+        raise NotApplicable(f"{features.shape[0]} stimuli are too few to choose a ridge penalty; pass at least 3")
+    decomposition = _Decomposition.of(features)
+    best = decomposition.leave_one_out_errors(responses, relative_penalties).argmin(axis=0)  # per neuron
+    penalties = decomposition.penalties(relative_penalties)[best]
+    return Readout(decomposition.mean, decomposition.scale, decomposition.weights(responses, penalties),
+                   responses.mean(axis=0), penalties)
 
 
 def cross_validated_predictions(features: np.ndarray, responses: np.ndarray, n_folds: int = 5, seed: int = 0,
                                 relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> np.ndarray:
-    """Every stimulus's predicted responses from a readout fitted (penalty chosen by an inner cross-validation)
-    without it: outer `n_folds`-fold cross-validation, folds drawn with `seed`."""
+    """Every stimulus's predicted responses from a readout fitted without it (`fit_readout`, its penalty chosen
+    within the training folds): `n_folds`-fold cross-validation, folds drawn with `seed`."""
     features, responses = _check_pair(features, responses)
     n = check_int("n_folds", n_folds, 2, features.shape[0])
     predictions = np.empty_like(responses)
     stimuli = np.arange(features.shape[0])
-    for fold, held in enumerate(_folds(features.shape[0], n, np.random.default_rng(seed))):
+    for held in _folds(features.shape[0], n, np.random.default_rng(seed)):
         kept = np.setdiff1d(stimuli, held)
-        readout = fit_readout(features[kept], responses[kept], min(n, len(kept)), seed + fold + 1,
-                              relative_penalties)
+        readout = fit_readout(features[kept], responses[kept], relative_penalties)
         predictions[held] = readout.predict(features[held])
     return predictions
 
@@ -144,8 +174,8 @@ def neural_predictivity(features: np.ndarray, repeats: np.ndarray, n_folds: int 
     with noise on the neural side only, an estimate of the r against the noise-free response."""
     repeats = real_array(repeats, "repeats", (3,), "n_stimuli × n_repeats × n_units")
     if repeats.shape[0] < 2 * n_folds:
-        raise NotApplicable(f"{repeats.shape[0]} stimuli are too few for {n_folds}-fold cross-validation with an "
-                            f"inner {n_folds}-fold choice of the penalty; pass n_folds ≤ {repeats.shape[0] // 2}")
+        raise NotApplicable(f"{repeats.shape[0]} stimuli are too few for {n_folds}-fold cross-validation; pass "
+                            f"n_folds ≤ {repeats.shape[0] // 2}")
     mean_responses = repeats.mean(axis=1)
     predictions = cross_validated_predictions(features, mean_responses, n_folds, seed, relative_penalties)
     r = pearson_columns(predictions, mean_responses)

@@ -73,7 +73,7 @@ class PredictivityStage(Stage):
             features = warehouse.load_array(layer["array_uri"]).astype(np.float64)
             try:
                 result, reason = neural_predictivity(features, repeats, settings.n_folds, settings.seed), "ok"
-                readout = fit_readout(features, repeats.mean(axis=1), settings.n_folds, settings.seed)
+                readout = fit_readout(features, repeats.mean(axis=1))
             except NotApplicable as error:
                 result, reason = None, str(error)
             for area, start, stop in zip(areas, bounds[:-1], bounds[1:], strict=True):
