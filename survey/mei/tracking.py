@@ -1,0 +1,114 @@
+"""MEI runs in MLflow (DESIGN §5.5): one parent run per MEI stage run, one nested child per (target, method, seed),
+logged through one `MlflowClient` with explicit run ids (the fluent API is not thread-safe).
+
+Every run carries the key of what it logs in the tag `neurosurvey.key`; a key is looked up before a run is created,
+so a stage re-run after a kill reuses the finished runs and replaces the unfinished ones: one active run per key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from survey.errors import SurveyError
+
+KEY_TAG = "neurosurvey.key"
+EXPERIMENT = "neurosurvey-mei"
+
+
+def default_tracking_uri(warehouse_uri: str | Path) -> str:
+    """SQLite inside a local warehouse: ``sqlite:///<warehouse>/mlflow/mlflow.db`` (its folder made here)."""
+    text = str(warehouse_uri)
+    if "://" in text and not text.startswith("file://"):
+        raise SurveyError(f"warehouse {text} is not a local folder, so it cannot hold MLflow's default SQLite store; "
+                          "pass --mlflow-uri (e.g. http://127.0.0.1:5000 or sqlite:////path/mlflow.db)")
+    folder = Path(text.removeprefix("file://")).expanduser().absolute() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A C × H × W image (any range) as PNG bytes, min–max scaled to 0…255 (grey for C = 1, RGB for C = 3)."""
+    from PIL import Image
+
+    low, high = float(image.min()), float(image.max())
+    scaled = np.zeros_like(image) if high <= low else (image - low) / (high - low)
+    pixels = np.ascontiguousarray((np.moveaxis(scaled, 0, -1) * 255).round().astype(np.uint8))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class MeiTracker:
+    """Get-or-create MLflow runs by key, and log one MEI's record into its child run."""
+
+    def __init__(self, tracking_uri: str, experiment: str = EXPERIMENT, artifact_location: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            if artifact_location is None and tracking_uri.startswith("sqlite:///"):
+                artifact_location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+            self.experiment_id = self._create_experiment(experiment, artifact_location)
+        else:
+            self.experiment_id = found.experiment_id
+
+    def _create_experiment(self, name: str, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:  # another process created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def find(self, key: str) -> object | None:
+        """The active run tagged with `key`, if any."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
+                                       max_results=2)
+        return runs[0] if runs else None
+
+    def parent(self, key: str, name: str, tags: dict[str, str]) -> str:
+        """The parent run of a stage run (created once per key)."""
+        found = self.find(key)
+        if found is not None:
+            return found.info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={KEY_TAG: key, **tags})
+        return run.info.run_id
+
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def log_child(self, parent_id: str, key: str, name: str, tags: dict[str, str], params: dict[str, object],
+                  config: dict, history: np.ndarray, image: np.ndarray) -> str:
+        """The finished child run of `key` under `parent_id`: reused when one exists, else created with the params,
+        the config as JSON, `history` (activation per step) as a metric history, the image as PNG and .npy, and
+        finished last (an unfinished one, left by a kill, is deleted and logged again)."""
+        from mlflow.entities import Metric, Param, RunStatus
+
+        found = self.find(key)
+        if found is not None:
+            if found.info.status == RunStatus.to_string(RunStatus.FINISHED):
+                return found.info.run_id
+            self.client.delete_run(found.info.run_id)
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={KEY_TAG: key, "mlflow.parentRunId": parent_id, **tags})
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        metrics = [Metric("activation", float(value), now, step) for step, value in enumerate(history)]
+        for start in range(0, len(metrics), 1000):  # the tracking API takes at most 1,000 metrics a batch
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000],
+                                  params=[Param(k, str(v)) for k, v in params.items()] if start == 0 else [])
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+            (Path(folder) / "mei.png").write_bytes(png_bytes(image))
+            np.save(Path(folder) / "mei.npy", image)
+            self.client.log_artifacts(run_id, folder)
+        self.finish(run_id)
+        return run_id
