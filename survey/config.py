@@ -14,7 +14,7 @@ from survey.stimuli import StimulusSpec
 
 # every stage's name; the order they run in follows from the tables each reads and writes (survey.runtime.survey)
 STAGE_NAMES = ("stimuli", "networks", "sessions", "activations", "distances", "capacity", "topology", "predictivity",
-               "spaces")
+               "spaces", "mei")
 CONV_SIZE = 4  # conv metric: maps are average-pooled to this many positions a side (distances and their spaces)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -179,6 +179,43 @@ class PredictivityConfig(_Strict):
     seed: int = Field(0, ge=0)
 
 
+class MeiTargets(_Strict):
+    """MEI targets on one network layer: its `units` (a conv layer's channels at the spatial centre), or, with
+    `session` and `area`, that area's neurons (columns) through the encoding model fitted from the layer (`layer:
+    best`: the layer of highest predictivity for the area)."""
+
+    network: str  # name or network_id
+    layer: str  # layer name; `best` for neurons
+    units: tuple[int, ...] = Field(min_length=1)
+    session: str | None = None  # session_id
+    area: str | None = None
+
+    @model_validator(mode="after")
+    def _neurons_name_their_area(self) -> MeiTargets:
+        if (self.session is None) != (self.area is None):
+            raise ValueError("pass both session and area for neurons, neither for network units")
+        if self.layer == "best" and self.session is None:
+            raise ValueError("layer: best picks an encoding model, so it needs session and area")
+        return self
+
+
+class MeiConfig(_Strict):
+    """Most exciting inputs by gradient ascent (DESIGN §5.5; survey.mei.ascent), logged to MLflow."""
+
+    stimuli: str  # the stimulus set whose mean image is the MEIs' grey and whose contrast norm is theirs
+    targets: tuple[MeiTargets, ...] = Field(min_length=1)
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)  # restarts per target; the best is flagged
+    steps: int = Field(1000, ge=1)
+    lr: float = Field(10.0, gt=0)
+    blur_sigma: float = Field(1.0, ge=0)
+    jitter: int = Field(0, ge=0)
+    fourier: bool = False
+    norm: float | None = Field(None, gt=0)  # None: the mean L2 norm of the set's images minus its mean image
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mlflow_uri: str | None = None  # None: sqlite:///<warehouse>/mlflow/mlflow.db
+    experiment: str = "neurosurvey-mei"
+
+
 class SpaceSpec(_Strict):
     """One embedding space: a metric configuration's stored distances on one stimulus set, embedded by landmark MDS
     and indexed in FAISS (DESIGN §5.4)."""
@@ -224,6 +261,7 @@ class SurveyConfig(_Strict):
     capacity: CapacityConfig | None = None
     topology: TopologyConfig | None = None
     predictivity: PredictivityConfig | None = None
+    mei: MeiConfig | None = None
     spaces: SpacesConfig | None = None
     catalog: CatalogConfig = CatalogConfig()
     stages: tuple[Literal[STAGE_NAMES], ...] = STAGE_NAMES  # type: ignore[valid-type]

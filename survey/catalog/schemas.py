@@ -168,6 +168,26 @@ PREDICTIVITY = _schema(  # DESIGN §3; one row per network layer × recorded are
     pa.field("status", pa.string(), nullable=False),  # ok, or why the scores are NULL
 )
 
+MEI_RUNS = _schema(  # DESIGN §3, §5.5; one row per (target, method, seed), its MLflow child run named
+    pa.field("target_kind", pa.string(), nullable=False),  # unit (of a network layer) | neuron (its encoding model)
+    pa.field("network_id", pa.string(), nullable=False),
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("session_id", pa.string()),  # neurons only
+    pa.field("area", pa.string()),
+    pa.field("target", pa.int32(), nullable=False),  # unit or channel of the layer, or the neuron's column in its area
+    pa.field("stimset_id", pa.string(), nullable=False),  # whose mean image is the grey and whose norm is used
+    pa.field("method", pa.string(), nullable=False),  # ga
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("is_best", pa.bool_(), nullable=False),  # the target's seed of highest activation
+    pa.field("norm", pa.float64(), nullable=False),  # L2 norm of the image's contrast
+    pa.field("steps", pa.int32(), nullable=False),
+    pa.field("activation", pa.float64(), nullable=False),  # on the model it was optimised for
+    pa.field("seconds", pa.float64(), nullable=False),  # the batch's optimisation time over its MEIs
+    pa.field("image_uri", pa.string(), nullable=False),  # .npy, C × H × W contrast (add the set's mean image)
+    pa.field("readout_uri", pa.string()),  # neurons: the encoding model's readout
+    pa.field("mlflow_run_id", pa.string(), nullable=False),
+)
+
 DISTANCE_BLOCKS = _schema(  # stable groups of representations: a tile of `shape_distances` pairs two blocks
     pa.field("stimset_id", pa.string(), nullable=False),
     pa.field("block_id", pa.string(), nullable=False),
@@ -239,6 +259,7 @@ TABLES: dict[str, pa.Schema] = {
     "alignment": ALIGNMENT,
     "topology": TOPOLOGY,
     "predictivity": PREDICTIVITY,
+    "mei_runs": MEI_RUNS,
     "spaces": SPACES,
     "embeddings": EMBEDDINGS,
     "runs": RUNS,

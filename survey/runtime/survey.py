@@ -18,6 +18,7 @@ from survey.stages import RunInfo, Stage
 from survey.stages.activations import ActivationsStage
 from survey.stages.capacity import CapacityStage
 from survey.stages.distances import DistancesStage
+from survey.stages.mei import MeiStage
 from survey.stages.networks import NetworksStage
 from survey.stages.predictivity import PredictivityStage
 from survey.stages.sessions import SessionsStage
@@ -45,7 +46,7 @@ def stage_order(stages: list[type[Stage]]) -> tuple[str, ...]:
 
 
 _CLASSES = [StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage, CapacityStage, TopologyStage,
-            PredictivityStage, SpacesStage]
+            PredictivityStage, SpacesStage, MeiStage]
 STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in _CLASSES}
 STAGE_ORDER = stage_order(_CLASSES)
 assert set(STAGES) == set(STAGE_NAMES)

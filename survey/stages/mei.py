@@ -1,0 +1,144 @@
+"""Stage `mei`: most exciting inputs of network units and recorded neurons by gradient ascent → `mei_runs`, each
+(target, seed) a nested MLflow run (DESIGN §5.5). One unit of work is one target group (a layer's units, or an
+area's neurons through one encoding model), all its targets and seeds optimised in one batch."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from survey.catalog import Warehouse
+from survey.config import MeiTargets
+from survey.errors import SurveyError
+from survey.hashing import content_key
+from survey.mei.ascent import best_of_seeds, gradient_ascent
+from survey.mei.targets import EncodingModel, LayerResponses, RowTargets
+from survey.mei.tracking import MeiTracker, default_tracking_uri
+from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
+from survey.stages.networks import load_network
+from survey.stages.predictivity import load_readout
+from survey.stages.stimuli import catalog_stimulus_sets, load_images
+from survey.validation import resolve_device
+
+METHOD = "ga"
+
+
+@lru_cache(maxsize=2)
+def _tracker(tracking_uri: str, experiment: str) -> MeiTracker:
+    return MeiTracker(tracking_uri, experiment)
+
+
+def grey_and_norm(images: np.ndarray) -> tuple[np.ndarray, float]:
+    """The set's mean pixel per channel (the MEIs' grey) and the mean L2 norm of its images' contrast to it."""
+    grey = images.mean(axis=(0, 2, 3))
+    contrast = images - grey[None, :, None, None]
+    return grey, float(np.linalg.norm(contrast.reshape(len(images), -1), axis=1).mean())
+
+
+class MeiStage(Stage):
+    name = "mei"
+    section = "mei"
+    table = "mei_runs"
+    reads = ("networks", "representations", "predictivity", "stimulus_sets")
+
+    def tracking_uri(self, warehouse: Warehouse) -> str:
+        return self.options.mlflow_uri or default_tracking_uri(warehouse.uri)
+
+    def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
+        settings = self.options
+        stimset = next(iter(catalog_stimulus_sets(warehouse, (settings.stimuli,), "mei.stimuli").values()))
+        grey, norm = grey_and_norm(load_images(warehouse.uri, stimset["uri"]))
+        norm = settings.norm or norm
+        networks = warehouse.rows("networks")
+        recipe = settings.model_dump(exclude={"targets", "mlflow_uri", "experiment", "device"})
+        groups = [self._resolve(group, networks, warehouse, stimset) for group in settings.targets]
+        tracker = _tracker(self.tracking_uri(warehouse), settings.experiment)
+        parent = tracker.parent(f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
+        units = []
+        for group in groups:
+            key = content_key("mei", group["network"]["content_hash"], group["layer"], group["readout_uri"],
+                              list(group["targets"]), stimset["content_hash"], recipe, self.version)
+            where = f"{group['session']} {group['area']} via " if group["session"] else ""
+            units.append(WorkUnit(key, f"{where}{group['network']['name']} {group['layer']}", {
+                **group, "stimset_id": stimset["stimset_id"], "grey": grey.tolist(), "norm": norm,
+                "shape": list(load_images(warehouse.uri, stimset["uri"]).shape[1:]), "parent": parent}))
+        return units
+
+    def _resolve(self, group: MeiTargets, networks: list[dict], warehouse: Warehouse, stimset: dict) -> dict:
+        """A target group's network row, layer, readout and representation recipe; a bad name fails here, before
+        the stage writes anything."""
+        network = next((row for row in networks if group.network in (row["name"], row["network_id"])), None)
+        if network is None:
+            raise SurveyError(f"mei.targets: network {group.network!r} is not in the catalog; pass a name or "
+                              "network_id from `survey sql \"SELECT name, network_id FROM networks\"`")
+        layer, readout_uri = group.layer, None
+        if group.session is not None:
+            fits = [row for row in warehouse.rows("predictivity")
+                    if row["network_id"] == network["network_id"] and row["session_id"] == group.session
+                    and row["area"] == group.area and row["status"] == "ok"
+                    and (group.layer == "best" or row["layer"] == group.layer)]
+            if not fits:
+                raise SurveyError(f"mei.targets: session {group.session!r} area {group.area!r} has no encoding model "
+                                  f"from {network['name']} {group.layer}; run the predictivity stage on them first")
+            best = max(fits, key=lambda row: row["median_corrected"] if row["median_corrected"] is not None else -1)
+            layer, readout_uri = best["layer"], best["readout_uri"]
+            if max(group.units) >= best["n_neurons"]:
+                raise SurveyError(f"mei.targets: area {group.area!r} of {group.session!r} has {best['n_neurons']} "
+                                  f"neurons; pick columns below {best['n_neurons']}")
+        elif layer not in network["layers"]:
+            raise SurveyError(f"mei.targets: network {network['name']} has no layer {layer!r}; pick one of "
+                              f"{', '.join(network['layers'])}")
+        reps = [row for row in warehouse.rows("representations")
+                if row["source_id"] == network["network_id"] and row["layer_or_area"] == layer]
+        recipe = json.loads(reps[0]["preprocessing"]) if reps else {}
+        return {"network": network, "layer": layer, "readout_uri": readout_uri, "targets": group.units,
+                "session": group.session, "area": group.area, "spatial_pool": recipe.get("spatial_pool", 4)}
+
+    def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
+        settings = self.config.mei
+        payload = unit.payload
+        device = resolve_device(settings.device)
+        module, preprocessing = load_network(payload["network"], warehouse)
+        grey = torch.tensor(payload["grey"], dtype=torch.float32)
+        if payload["readout_uri"] is None:
+            responses = LayerResponses(module, payload["layer"], preprocessing, grey)
+        else:
+            responses = EncodingModel(module, payload["layer"], preprocessing, grey, payload["spatial_pool"],
+                                      load_readout(warehouse, payload["readout_uri"]))
+        seeds, targets = list(settings.seeds), list(payload["targets"])
+        objective = RowTargets(responses, [t for t in targets for _ in seeds]).to(device)
+        generator = torch.Generator(device).manual_seed(int(unit.key.rsplit("-", 1)[-1][:15], 16))  # from the key
+        with torch_threads(info.threads):
+            result = gradient_ascent(objective, len(targets) * len(seeds), tuple(payload["shape"]),
+                                     norm=payload["norm"], generator=generator, steps=settings.steps, lr=settings.lr,
+                                     blur_sigma=settings.blur_sigma, jitter=settings.jitter,
+                                     fourier=settings.fourier, device=device)
+        best = set(best_of_seeds(result.activation, len(seeds)).tolist())
+        tracker = _tracker(self.tracking_uri(warehouse), settings.experiment)
+        kind = "unit" if payload["readout_uri"] is None else "neuron"
+        config = {**settings.model_dump(mode="json", exclude={"targets"}), "norm": payload["norm"]}
+        rows = []
+        for row, image in enumerate(result.images.cpu().numpy()):
+            target, seed = targets[row // len(seeds)], seeds[row % len(seeds)]
+            tags = {"network": payload["network"]["name"], "network_id": payload["network"]["network_id"],
+                    "layer": payload["layer"], "target_kind": kind, "target": str(target)}
+            if payload["session"]:
+                tags |= {"session": payload["session"], "area": payload["area"]}
+            run_id = tracker.log_child(payload["parent"], content_key("mei-run", unit.key, target, METHOD, seed),
+                                       f"{kind} {target} · {payload['layer']} · seed {seed}", tags,
+                                       {"method": METHOD, "seed": seed, "steps": settings.steps, "lr": settings.lr,
+                                        "blur_sigma": settings.blur_sigma, "norm": payload["norm"]},
+                                       config, result.history[:, row].numpy(), image)
+            rows.append({
+                "target_kind": kind, "network_id": payload["network"]["network_id"], "layer": payload["layer"],
+                "session_id": payload["session"], "area": payload["area"], "target": target,
+                "stimset_id": payload["stimset_id"], "method": METHOD, "seed": seed, "is_best": row in best,
+                "norm": payload["norm"], "steps": settings.steps, "activation": float(result.activation[row]),
+                "seconds": result.seconds / len(result.images), "image_uri": warehouse.put_array(image)[0],
+                "readout_uri": payload["readout_uri"], "mlflow_run_id": run_id, **info.provenance(),
+            })
+        return {self.table: warehouse.append_unit(self.table, unit.key, rows)}
+

@@ -1,0 +1,125 @@
+"""The `mei` stage on a tiny survey: rows and MLflow runs one for one, MEIs that beat natural patches, a rerun after a
+kill that adds no run, and bad targets refused before anything is written."""
+
+import copy
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from survey.catalog import Warehouse, connect
+from survey.config import parse_config
+from survey.errors import SurveyError
+from survey.images import bundled_image, cut_patches
+from survey.mei.targets import LayerResponses
+from survey.mei.tracking import KEY_TAG, MeiTracker, default_tracking_uri
+from survey.runtime.survey import run_survey
+from survey.stages.mei import grey_and_norm
+from survey.stages.networks import load_network
+from survey.stages.stimuli import load_images
+
+from .conftest import TINY
+
+BEFORE = ("stimuli", "networks", "sessions", "activations", "predictivity")
+
+
+def mei_dict(targets: list[dict], steps: int = 150) -> dict:
+    config = copy.deepcopy(TINY)
+    config["predictivity"] = {"stimuli": ["natural"]}
+    config["mei"] = {"stimuli": "natural", "targets": targets, "seeds": [0, 1], "steps": steps}
+    return config
+
+
+@pytest.fixture(scope="module")
+def surveyed(tmp_path_factory) -> Warehouse:
+    warehouse = Warehouse(tmp_path_factory.mktemp("mei") / "wh")
+    run_survey(parse_config(mei_dict([{"network": "x", "layer": "pool", "units": [0]}])), warehouse, stages=BEFORE,
+               progress=False)
+    return warehouse
+
+
+@pytest.fixture
+def warehouse(surveyed, tmp_path) -> Warehouse:
+    return Warehouse(shutil.copytree(surveyed.root, tmp_path / "wh"))
+
+
+def supervised(warehouse: Warehouse) -> dict:
+    return next(row for row in warehouse.rows("networks") if row["objective"] == "supervised")
+
+
+def targets(warehouse: Warehouse) -> list[dict]:
+    network = supervised(warehouse)
+    session = warehouse.rows("sessions")[0]["session_id"]
+    return [{"network": network["name"], "layer": network["layers"][-2], "units": [0, 1, 2]},
+            {"network": network["network_id"], "layer": "best", "session": session, "area": "IT", "units": [0, 1]}]
+
+
+def test_every_row_has_its_mlflow_run_and_the_meis_beat_natural_patches(warehouse, monkeypatch):
+    import mlflow
+
+    config = parse_config(mei_dict(targets(warehouse)))
+    report = run_survey(config, warehouse, stages=("mei",), progress=False)[0]
+    assert report.units_run == 2 and report.rows["mei_runs"] == (3 + 2) * 2
+    rows = warehouse.rows("mei_runs")
+    per_target = connect(warehouse).execute("""SELECT target_kind, target, count(*), sum(is_best::INT)
+                                               FROM mei_runs GROUP BY ALL""").fetchall()
+    assert sorted((kind, n, best) for kind, _, n, best in per_target) == [("neuron", 2, 1)] * 2 + [("unit", 2, 1)] * 3
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", default_tracking_uri(warehouse.uri))
+    runs = mlflow.search_runs(experiment_names=["neurosurvey-mei"], filter_string="tags.target_kind != ''",
+                              output_format="list")
+    assert sorted(run.info.run_id for run in runs) == sorted(row["mlflow_run_id"] for row in rows)
+    history = MeiTracker(default_tracking_uri(warehouse.uri)).client.get_metric_history(rows[0]["mlflow_run_id"],
+                                                                                         "activation")
+    assert len(history) == 150
+
+    # the units' best MEIs against the best of 10,000 natural patches at the same contrast norm
+    network = supervised(warehouse)
+    module, preprocessing = load_network(network, warehouse)
+    stimuli = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
+    grey, norm = grey_and_norm(load_images(warehouse.uri, stimuli["uri"]))
+    rng = np.random.default_rng(0)
+    patches = np.concatenate([cut_patches(bundled_image(name), 2500, 32, rng)
+                              for name in ("astronaut", "coffee", "chelsea", "rocket")]).astype(np.float32)
+    contrast = torch.from_numpy(patches - patches.mean(axis=(1, 2, 3), keepdims=True))
+    contrast = contrast * norm / contrast.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    responses = LayerResponses(module, network["layers"][-2], preprocessing, torch.tensor(grey, dtype=torch.float32))
+    with torch.no_grad():
+        natural_best = torch.cat([responses(batch) for batch in contrast.split(1000)]).max(dim=0).values
+    best = {row["target"]: row["activation"] for row in rows if row["target_kind"] == "unit" and row["is_best"]}
+    beaten = [best[unit] > float(natural_best[unit]) for unit in best]
+    assert sum(beaten) >= 0.9 * len(beaten)
+
+
+def test_a_rerun_after_a_kill_adds_no_mlflow_run(warehouse, monkeypatch):
+    config = parse_config(mei_dict(targets(warehouse)[:1], steps=20))
+    original = Warehouse.append_unit
+
+    def killed(self, table, key, rows):
+        if table == "mei_runs":
+            raise KeyboardInterrupt  # after the MLflow runs were logged, before the rows landed
+        return original(self, table, key, rows)
+
+    monkeypatch.setattr(Warehouse, "append_unit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_survey(config, warehouse, stages=("mei",), progress=False)
+    monkeypatch.setattr(Warehouse, "append_unit", original)
+    assert run_survey(config, warehouse, stages=("mei",), progress=False)[0].units_run == 1
+    tracker = MeiTracker(default_tracking_uri(warehouse.uri))
+    children = [run for run in tracker.client.search_runs([tracker.experiment_id])
+                if "mlflow.parentRunId" in run.data.tags]
+    assert len(children) == 3 * 2 == len(warehouse.rows("mei_runs"))
+    assert len({run.data.tags[KEY_TAG] for run in children}) == len(children)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"network": "no-such-net"}, "network 'no-such-net' is not in the catalog"),
+    ({"layer": "stack9.cell9"}, "has no layer 'stack9.cell9'"),
+    ({"layer": "best", "session": "ses-none", "area": "IT"}, "has no encoding model"),
+])
+def test_bad_targets_are_refused_before_anything_is_written(warehouse, change, message):
+    target = {**targets(warehouse)[0], **change}
+    with pytest.raises(SurveyError, match=message) as error:
+        run_survey(parse_config(mei_dict([target])), warehouse, stages=("mei",), progress=False)
+    assert "\n" not in str(error.value)
+    assert warehouse.delta("mei_runs") is None
