@@ -23,6 +23,7 @@ from survey.config import (
     STAGE_NAMES,
     CatalogConfig,
     DistancesConfig,
+    MeiConfig,
     SpaceSpec,
     SurveyConfig,
     load_config,
@@ -199,6 +200,84 @@ def distances(
     except ValidationError as err:
         raise SurveyError(f"--metric: {one_line(err.errors()[0]['msg'])}") from None
     execute(with_executor(config, executor), warehouse)
+
+
+def _mei_defaults(field: str) -> object:
+    return MeiConfig.model_fields[field].default
+
+
+def _mei_targets_from_sql(warehouse: Warehouse, query: str) -> list[dict]:
+    """One target group per (network, layer, session, area) of a read-only query's rows."""
+    read_only(query)
+    rows = query_catalog(warehouse, query).to_pylist()
+    missing = {"network", "layer", "unit"} - set(rows[0] if rows else {"network", "layer", "unit"})
+    if missing:
+        raise SurveyError(f"--sql: the query returns no column {sorted(missing)}; return network, layer, unit (and "
+                          "session, area for neurons), one target per row")
+    groups: dict[tuple, list[int]] = {}
+    for row in rows:
+        key = (row["network"], row["layer"], row.get("session"), row.get("area"))
+        groups.setdefault(key, []).append(int(row["unit"]))
+    return [{"network": network, "layer": layer, "units": units, "session": session, "area": area}
+            for (network, layer, session, area), units in groups.items()]
+
+
+@app.command()
+def mei(
+    network: Annotated[str | None, typer.Option(help="Network name or network_id (with --layer, --units).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer; `best` for neurons: the most predictive layer.")] = None,
+    units: Annotated[str | None, typer.Option(help="Comma-separated units (conv: channels) or neurons.")] = None,
+    session: Annotated[str | None, typer.Option(help="Neurons: the session_id (with --area).")] = None,
+    area: Annotated[str | None, typer.Option(help="Neurons: the recorded area.")] = None,
+    sql: Annotated[str | None, typer.Option(
+        "--sql", help="Targets by a read-only query returning network, layer, unit (and session, area).")] = None,
+    stimset: Annotated[str, typer.Option(help="Stimulus set giving the grey and the norm.")] = "natural",
+    steps: Annotated[int, typer.Option(help="Gradient-ascent steps.")] = _mei_defaults("steps"),
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (restarts).")] = ",".join(
+        str(seed) for seed in _mei_defaults("seeds")),
+    norm: Annotated[float | None, typer.Option(help="L2 norm of the contrast (default: the set's mean).")] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: in the warehouse).")] = None,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    executor: ExecutorOption = None,
+) -> None:
+    """Most exciting inputs by gradient ascent, for network units or recorded neurons, logged to MLflow."""
+    store = _existing(warehouse)
+    if (sql is None) == (network is None):
+        raise SurveyError("pass either --sql QUERY or --network with --layer and --units")
+    if sql is not None:
+        targets = _mei_targets_from_sql(store, sql)
+    else:
+        if layer is None or units is None:
+            raise SurveyError("--network needs --layer and --units (e.g. --layer stack2.cell1 --units 0,1,2)")
+        targets = [{"network": network, "layer": layer, "units": _integers("--units", units), "session": session,
+                    "area": area}]
+    settings = {"stimuli": stimset, "targets": targets, "steps": steps, "seeds": _integers("--seeds", seeds),
+                "norm": norm, "mlflow_uri": mlflow_uri}
+    try:
+        config = SurveyConfig.model_validate({"name": "mei", "mei": settings, "stages": ["mei"]})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SurveyError(f"mei: {'.'.join(str(p) for p in first['loc'])}: {one_line(first['msg'])}") from None
+    execute(with_executor(config, executor), warehouse)
+    _print_mei_summary(store, config.mei.mlflow_uri)
+
+
+def _integers(option: str, text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SurveyError(f"{option} {text!r}: pass comma-separated integers, e.g. 0,1,2") from None
+
+
+def _print_mei_summary(store: Warehouse, mlflow_uri: str | None) -> None:
+    from survey.mei.tracking import default_tracking_uri
+
+    _print_query(connect(store), "most exciting inputs (best seed per target)", """
+        SELECT m.target_kind, n.name AS network, m.layer, m.session_id, m.area, m.target,
+               round(m.activation, 3) AS activation, round(m.seconds, 3) AS seconds, m.mlflow_run_id
+        FROM mei_runs m JOIN networks n USING (network_id) WHERE m.is_best ORDER BY ALL""")
+    uri = mlflow_uri or default_tracking_uri(store.uri)
+    console.print(f"\nOpen the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1", soft_wrap=True)
 
 
 class IndexKind(StrEnum):

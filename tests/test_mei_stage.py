@@ -19,7 +19,7 @@ from survey.stages.mei import grey_and_norm
 from survey.stages.networks import load_network
 from survey.stages.stimuli import load_images
 
-from .conftest import TINY
+from .conftest import TINY, survey_cli
 
 BEFORE = ("stimuli", "networks", "sessions", "activations", "predictivity")
 
@@ -123,3 +123,19 @@ def test_bad_targets_are_refused_before_anything_is_written(warehouse, change, m
         run_survey(parse_config(mei_dict([target])), warehouse, stages=("mei",), progress=False)
     assert "\n" not in str(error.value)
     assert warehouse.delta("mei_runs") is None
+
+
+def test_survey_mei_takes_targets_by_sql_and_points_to_mlflow(warehouse):
+    query = """SELECT n.name AS network, p.layer, 1 AS unit, p.session_id AS session, p.area
+               FROM predictivity p JOIN networks n USING (network_id)
+               WHERE p.area = 'IT' AND p.status = 'ok' ORDER BY p.median_corrected DESC LIMIT 1"""
+    result = survey_cli("mei", "-w", str(warehouse.root), "--sql", query, "--steps", "20", "--seeds", "0,1",
+                        "--executor", "local")
+    assert result.returncode == 0, result.stderr
+    assert "most exciting inputs" in result.stdout
+    assert f"mlflow ui --backend-store-uri {default_tracking_uri(warehouse.uri)}" in result.stdout
+    assert connect(warehouse).execute("SELECT count(*), count(DISTINCT mlflow_run_id) FROM mei_runs WHERE area = 'IT'"
+                                      ).fetchone() == (2, 2)
+    refused = survey_cli("mei", "-w", str(warehouse.root), "--network", "x")
+    assert refused.returncode != 0 and "--network needs --layer and --units" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
