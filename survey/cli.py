@@ -143,7 +143,13 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
                round(avg(t.reliability_agreement), 3) AS split_half_agreement
         FROM topology t JOIN representations r USING (rep_id) WHERE NOT t.constant
         GROUP BY ALL ORDER BY min(r.source_kind), min(r.depth)""")
+    _print_query(connection, "neural predictivity: best layer per network family and area (median over networks)", """
+        WITH best AS (SELECT network_id, area, max(median_corrected) AS score, arg_max(depth, median_corrected) AS depth
+                      FROM predictivity WHERE status = 'ok' GROUP BY ALL)
+        SELECT n.objective, b.area, round(median(b.score), 3) AS corrected_r, round(median(b.depth), 2) AS best_depth
+        FROM best b JOIN networks n USING (network_id) GROUP BY ALL ORDER BY ALL""")
     _print_nearest_networks(Warehouse(warehouse))
+    _print_mei_summary(Warehouse(warehouse), None)
     console.print(
         "\nNext: query the catalogs with SQL, e.g.\n"
         f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"
@@ -206,22 +212,6 @@ def _mei_defaults(field: str) -> object:
     return MeiConfig.model_fields[field].default
 
 
-def _mei_targets_from_sql(warehouse: Warehouse, query: str) -> list[dict]:
-    """One target group per (network, layer, session, area) of a read-only query's rows."""
-    read_only(query)
-    rows = query_catalog(warehouse, query).to_pylist()
-    missing = {"network", "layer", "unit"} - set(rows[0] if rows else {"network", "layer", "unit"})
-    if missing:
-        raise SurveyError(f"--sql: the query returns no column {sorted(missing)}; return network, layer, unit (and "
-                          "session, area for neurons), one target per row")
-    groups: dict[tuple, list[int]] = {}
-    for row in rows:
-        key = (row["network"], row["layer"], row.get("session"), row.get("area"))
-        groups.setdefault(key, []).append(int(row["unit"]))
-    return [{"network": network, "layer": layer, "units": units, "session": session, "area": area}
-            for (network, layer, session, area), units in groups.items()]
-
-
 @app.command()
 def mei(
     network: Annotated[str | None, typer.Option(help="Network name or network_id (with --layer, --units).")] = None,
@@ -244,15 +234,14 @@ def mei(
     store = _existing(warehouse)
     if (sql is None) == (network is None):
         raise SurveyError("pass either --sql QUERY or --network with --layer and --units")
-    if sql is not None:
-        targets = _mei_targets_from_sql(store, sql)
-    else:
+    targets = []
+    if sql is None:
         if layer is None or units is None:
             raise SurveyError("--network needs --layer and --units (e.g. --layer stack2.cell1 --units 0,1,2)")
         targets = [{"network": network, "layer": layer, "units": _integers("--units", units), "session": session,
                     "area": area}]
-    settings = {"stimuli": stimset, "targets": targets, "steps": steps, "seeds": _integers("--seeds", seeds),
-                "norm": norm, "mlflow_uri": mlflow_uri}
+    settings = {"stimuli": stimset, "targets": targets, "targets_sql": sql, "steps": steps,
+                "seeds": _integers("--seeds", seeds), "norm": norm, "mlflow_uri": mlflow_uri}
     try:
         config = SurveyConfig.model_validate({"name": "mei", "mei": settings, "stages": ["mei"]})
     except ValidationError as err:
@@ -274,7 +263,8 @@ def _print_mei_summary(store: Warehouse, mlflow_uri: str | None) -> None:
 
     _print_query(connect(store), "most exciting inputs (best seed per target)", """
         SELECT m.target_kind, n.name AS network, m.layer, m.session_id, m.area, m.target,
-               round(m.activation, 3) AS activation, round(m.seconds, 3) AS seconds, m.mlflow_run_id
+               round(m.activation, 3) AS activation, round(m.natural_max, 3) AS best_natural_patch,
+               round(m.seconds, 3) AS seconds, m.mlflow_run_id
         FROM mei_runs m JOIN networks n USING (network_id) WHERE m.is_best ORDER BY ALL""")
     uri = mlflow_uri or default_tracking_uri(store.uri)
     console.print(f"\nOpen the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1", soft_wrap=True)

@@ -203,7 +203,9 @@ class MeiConfig(_Strict):
     """Most exciting inputs by gradient ascent (DESIGN §5.5; survey.mei.ascent), logged to MLflow."""
 
     stimuli: str  # the stimulus set whose mean image is the MEIs' grey and whose contrast norm is theirs
-    targets: tuple[MeiTargets, ...] = Field(min_length=1)
+    targets: tuple[MeiTargets, ...] = ()
+    # and/or targets by a read-only query over the catalog returning network, layer, unit (and session, area)
+    targets_sql: str | None = None
     seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)  # restarts per target; the best is flagged
     steps: int = Field(1000, ge=1)
     lr: float = Field(10.0, gt=0)
@@ -211,9 +213,16 @@ class MeiConfig(_Strict):
     jitter: int = Field(0, ge=0)
     fourier: bool = False
     norm: float | None = Field(None, gt=0)  # None: the mean L2 norm of the set's images minus its mean image
+    natural_patches: int = Field(10_000, ge=0)  # baseline: each target's best natural patch at the same norm; 0: none
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mlflow_uri: str | None = None  # None: sqlite:///<warehouse>/mlflow/mlflow.db
     experiment: str = "neurosurvey-mei"
+
+    @model_validator(mode="after")
+    def _some_targets(self) -> MeiConfig:
+        if not self.targets and not self.targets_sql:
+            raise ValueError("name targets (network, layer, units) or a targets_sql query")
+        return self
 
 
 class SpaceSpec(_Strict):

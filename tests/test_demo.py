@@ -38,3 +38,18 @@ def test_demo_fills_every_table_with_complete_results(tmp_path):
         SELECT s.n_items, count(e.rep_id), (SELECT count(*) FROM representations r WHERE r.stimset_id = s.stimset_id)
         FROM spaces s JOIN embeddings e USING (space_id) GROUP BY ALL""").fetchone()
     assert n_items == embedded == natural
+
+    layers, areas = connection.execute("""
+        SELECT count(*) FILTER (WHERE r.source_kind = 'network'), count(*) FILTER (WHERE r.source_kind = 'session')
+        FROM representations r JOIN stimulus_sets s USING (stimset_id) WHERE s.name = 'natural'""").fetchone()
+    assert connection.execute("SELECT count(*) FROM predictivity").fetchone()[0] == layers * areas
+
+    # MEIs: 4 units and 4 IT neurons × 2 seeds, each its own MLflow run; the best seeds beat natural patches
+    runs, distinct_runs, kinds = connection.execute("""SELECT count(*), count(DISTINCT mlflow_run_id),
+                                                         list(DISTINCT target_kind ORDER BY target_kind)
+                                                       FROM mei_runs""").fetchone()
+    assert runs == distinct_runs == 16 and kinds == ["neuron", "unit"]
+    beaten, best = connection.execute("""SELECT count(*) FILTER (WHERE activation > natural_max), count(*)
+                                         FROM mei_runs WHERE is_best""").fetchone()
+    assert best == 8 and beaten >= 0.9 * best
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout

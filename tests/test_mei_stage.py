@@ -11,13 +11,13 @@ import torch
 from survey.catalog import Warehouse, connect
 from survey.config import parse_config
 from survey.errors import SurveyError
-from survey.images import bundled_image, cut_patches
 from survey.mei.targets import LayerResponses
 from survey.mei.tracking import KEY_TAG, MeiTracker, default_tracking_uri
 from survey.runtime.survey import run_survey
 from survey.stages.mei import grey_and_norm
 from survey.stages.networks import load_network
 from survey.stages.stimuli import load_images
+from survey.stimuli import NaturalPatches
 
 from .conftest import TINY, survey_cli
 
@@ -73,22 +73,23 @@ def test_every_row_has_its_mlflow_run_and_the_meis_beat_natural_patches(warehous
                                                                                          "activation")
     assert len(history) == 150
 
-    # the units' best MEIs against the best of 10,000 natural patches at the same contrast norm
+    # the units' best MEIs against the best of 10,000 natural patches at the same contrast norm, recomputed here
     network = supervised(warehouse)
     module, preprocessing = load_network(network, warehouse)
     stimuli = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
     grey, norm = grey_and_norm(load_images(warehouse.uri, stimuli["uri"]))
-    rng = np.random.default_rng(0)
-    patches = np.concatenate([cut_patches(bundled_image(name), 2500, 32, rng)
-                              for name in ("astronaut", "coffee", "chelsea", "rocket")]).astype(np.float32)
-    contrast = torch.from_numpy(patches - patches.mean(axis=(1, 2, 3), keepdims=True))
-    contrast = contrast * norm / contrast.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    patches = NaturalPatches(name="natural-baseline", n=10_000, size=32, seed=0).generate().images
+    contrast = torch.from_numpy(patches - grey[None, :, None, None].astype(np.float32))
+    contrast = contrast * norm / contrast.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     responses = LayerResponses(module, network["layers"][-2], preprocessing, torch.tensor(grey, dtype=torch.float32))
     with torch.no_grad():
         natural_best = torch.cat([responses(batch) for batch in contrast.split(1000)]).max(dim=0).values
-    best = {row["target"]: row["activation"] for row in rows if row["target_kind"] == "unit" and row["is_best"]}
-    beaten = [best[unit] > float(natural_best[unit]) for unit in best]
-    assert sum(beaten) >= 0.9 * len(beaten)
+    units = [row for row in rows if row["target_kind"] == "unit"]
+    np.testing.assert_allclose([row["natural_max"] for row in units],
+                               [float(natural_best[row["target"]]) for row in units], rtol=1e-4)
+    best = [row for row in rows if row["is_best"]]
+    assert all(row["natural_patches"] == 10_000 for row in rows)
+    assert sum(row["activation"] > row["natural_max"] for row in best) >= 0.9 * len(best)
 
 
 def test_a_rerun_after_a_kill_adds_no_mlflow_run(warehouse, monkeypatch):

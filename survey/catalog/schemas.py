@@ -182,6 +182,8 @@ MEI_RUNS = _schema(  # DESIGN §3, §5.5; one row per (target, method, seed), it
     pa.field("norm", pa.float64(), nullable=False),  # L2 norm of the image's contrast
     pa.field("steps", pa.int32(), nullable=False),
     pa.field("activation", pa.float64(), nullable=False),  # on the model it was optimised for
+    pa.field("natural_max", pa.float64()),  # the target's best over `natural_patches` patches at the same norm
+    pa.field("natural_patches", pa.int32(), nullable=False),  # 0: no baseline (natural_max NULL)
     pa.field("seconds", pa.float64(), nullable=False),  # the batch's optimisation time over its MEIs
     pa.field("image_uri", pa.string(), nullable=False),  # .npy, C × H × W contrast (add the set's mean image)
     pa.field("readout_uri", pa.string()),  # neurons: the encoding model's readout

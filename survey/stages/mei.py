@@ -10,17 +10,18 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from survey.catalog import Warehouse
-from survey.config import MeiTargets
+from survey.catalog import Warehouse, query_catalog, read_only
+from survey.config import ActivationsConfig, MeiTargets
 from survey.errors import SurveyError
 from survey.hashing import content_key
-from survey.mei.ascent import best_of_seeds, gradient_ascent
+from survey.mei.ascent import best_of_seeds, gradient_ascent, project_to_norm
 from survey.mei.targets import EncodingModel, LayerResponses, RowTargets
 from survey.mei.tracking import MeiTracker, default_tracking_uri
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 from survey.stages.networks import load_network
 from survey.stages.predictivity import load_readout
 from survey.stages.stimuli import catalog_stimulus_sets, load_images
+from survey.stimuli import NaturalPatches
 from survey.validation import resolve_device
 
 METHOD = "ga"
@@ -38,6 +39,39 @@ def grey_and_norm(images: np.ndarray) -> tuple[np.ndarray, float]:
     return grey, float(np.linalg.norm(contrast.reshape(len(images), -1), axis=1).mean())
 
 
+def natural_baseline(objective: torch.nn.Module, shape: tuple[int, int, int], grey: torch.Tensor, norm: float,
+                     n_patches: int, device: torch.device, batch_size: int = 500) -> torch.Tensor:
+    """Each column's best response over `n_patches` natural patches (bundled images) whose contrast to `grey` is
+    rescaled to `norm`, the MEIs' own constraint (a B × K module → K maxima)."""
+    patches = NaturalPatches(name="natural-baseline", n=n_patches, size=shape[-1], seed=0).generate().images
+    best, grey = None, grey.to(device).view(1, -1, 1, 1)
+    with torch.no_grad():
+        for start in range(0, n_patches, batch_size):
+            contrast = torch.from_numpy(patches[start:start + batch_size]).to(device) - grey
+            batch = objective(project_to_norm(contrast, norm)).amax(dim=0)
+            best = batch if best is None else torch.maximum(best, batch)
+    return best.cpu()
+
+
+def targets_from_sql(warehouse: Warehouse, query: str | None) -> list[MeiTargets]:
+    """Target groups from a read-only query's rows (network, layer, unit, and session, area for neurons): one group
+    per (network, layer, session, area)."""
+    if query is None:
+        return []
+    read_only(query)
+    rows = query_catalog(warehouse, query).to_pylist()
+    missing = {"network", "layer", "unit"} - set(rows[0] if rows else {"network", "layer", "unit"})
+    if missing:
+        raise SurveyError(f"mei.targets_sql returns no column {sorted(missing)}; return network, layer, unit (and "
+                          "session, area for neurons), one target per row")
+    groups: dict[tuple, list[int]] = {}
+    for row in rows:
+        groups.setdefault((row["network"], row["layer"], row.get("session"), row.get("area")), []).append(
+            int(row["unit"]))
+    return [MeiTargets(network=network, layer=layer, units=tuple(units), session=session, area=area)
+            for (network, layer, session, area), units in groups.items()]
+
+
 class MeiStage(Stage):
     name = "mei"
     section = "mei"
@@ -52,9 +86,10 @@ class MeiStage(Stage):
         stimset = next(iter(catalog_stimulus_sets(warehouse, (settings.stimuli,), "mei.stimuli").values()))
         grey, norm = grey_and_norm(load_images(warehouse.uri, stimset["uri"]))
         norm = settings.norm or norm
-        networks = warehouse.rows("networks")
+        catalog = {table: warehouse.rows(table) for table in ("networks", "representations", "predictivity")}
         recipe = settings.model_dump(exclude={"targets", "mlflow_uri", "experiment", "device"})
-        groups = [self._resolve(group, networks, warehouse, stimset) for group in settings.targets]
+        groups = [self._resolve(group, catalog)
+                  for group in (*settings.targets, *targets_from_sql(warehouse, settings.targets_sql))]
         tracker = _tracker(self.tracking_uri(warehouse), settings.experiment)
         parent = tracker.parent(f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
         units = []
@@ -67,16 +102,16 @@ class MeiStage(Stage):
                 "shape": list(load_images(warehouse.uri, stimset["uri"]).shape[1:]), "parent": parent}))
         return units
 
-    def _resolve(self, group: MeiTargets, networks: list[dict], warehouse: Warehouse, stimset: dict) -> dict:
+    def _resolve(self, group: MeiTargets, catalog: dict[str, list[dict]]) -> dict:
         """A target group's network row, layer, readout and representation recipe; a bad name fails here, before
         the stage writes anything."""
-        network = next((row for row in networks if group.network in (row["name"], row["network_id"])), None)
+        network = next((row for row in catalog["networks"] if group.network in (row["name"], row["network_id"])), None)
         if network is None:
             raise SurveyError(f"mei.targets: network {group.network!r} is not in the catalog; pass a name or "
                               "network_id from `survey sql \"SELECT name, network_id FROM networks\"`")
         layer, readout_uri = group.layer, None
         if group.session is not None:
-            fits = [row for row in warehouse.rows("predictivity")
+            fits = [row for row in catalog["predictivity"]
                     if row["network_id"] == network["network_id"] and row["session_id"] == group.session
                     and row["area"] == group.area and row["status"] == "ok"
                     and (group.layer == "best" or row["layer"] == group.layer)]
@@ -91,11 +126,12 @@ class MeiStage(Stage):
         elif layer not in network["layers"]:
             raise SurveyError(f"mei.targets: network {network['name']} has no layer {layer!r}; pick one of "
                               f"{', '.join(network['layers'])}")
-        reps = [row for row in warehouse.rows("representations")
-                if row["source_id"] == network["network_id"] and row["layer_or_area"] == layer]
-        recipe = json.loads(reps[0]["preprocessing"]) if reps else {}
+        # the encoding model pools the layer as its representation was pooled
+        recipe = next((json.loads(row["preprocessing"]) for row in catalog["representations"]
+                       if row["source_id"] == network["network_id"] and row["layer_or_area"] == layer), {})
         return {"network": network, "layer": layer, "readout_uri": readout_uri, "targets": group.units,
-                "session": group.session, "area": group.area, "spatial_pool": recipe.get("spatial_pool", 4)}
+                "session": group.session, "area": group.area,
+                "spatial_pool": recipe.get("spatial_pool", ActivationsConfig().spatial_pool)}
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         settings = self.config.mei
@@ -116,6 +152,8 @@ class MeiStage(Stage):
                                      norm=payload["norm"], generator=generator, steps=settings.steps, lr=settings.lr,
                                      blur_sigma=settings.blur_sigma, jitter=settings.jitter,
                                      fourier=settings.fourier, device=device)
+            natural = (natural_baseline(responses.to(device), tuple(payload["shape"]), grey, payload["norm"],
+                                        settings.natural_patches, device) if settings.natural_patches else None)
         best = set(best_of_seeds(result.activation, len(seeds)).tolist())
         tracker = _tracker(self.tracking_uri(warehouse), settings.experiment)
         kind = "unit" if payload["readout_uri"] is None else "neuron"
@@ -137,6 +175,8 @@ class MeiStage(Stage):
                 "session_id": payload["session"], "area": payload["area"], "target": target,
                 "stimset_id": payload["stimset_id"], "method": METHOD, "seed": seed, "is_best": row in best,
                 "norm": payload["norm"], "steps": settings.steps, "activation": float(result.activation[row]),
+                "natural_max": float(natural[target]) if natural is not None else None,
+                "natural_patches": settings.natural_patches,
                 "seconds": result.seconds / len(result.images), "image_uri": warehouse.put_array(image)[0],
                 "readout_uri": payload["readout_uri"], "mlflow_run_id": run_id, **info.provenance(),
             })
