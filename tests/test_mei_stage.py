@@ -140,3 +140,12 @@ def test_survey_mei_takes_targets_by_sql_and_points_to_mlflow(warehouse):
     refused = survey_cli("mei", "-w", str(warehouse.root), "--network", "x")
     assert refused.returncode != 0 and "--network needs --layer and --units" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_targets_query_that_writes_is_refused_before_any_stage_runs(tmp_path):
+    config = mei_dict([])
+    config["mei"]["targets_sql"] = "COPY (SELECT 1) TO 'x.csv'"
+    warehouse = Warehouse(tmp_path / "wh")
+    with pytest.raises(SurveyError, match=r"mei\.targets_sql is a COPY statement") as error:
+        run_survey(parse_config(config), warehouse, progress=False)
+    assert "\n" not in str(error.value) and not (tmp_path / "wh").exists()

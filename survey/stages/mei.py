@@ -58,8 +58,7 @@ def targets_from_sql(warehouse: Warehouse, query: str | None) -> list[MeiTargets
     per (network, layer, session, area)."""
     if query is None:
         return []
-    read_only(query)
-    rows = query_catalog(warehouse, query).to_pylist()
+    rows = query_catalog(warehouse, read_only(query, "mei.targets_sql")).to_pylist()
     missing = {"network", "layer", "unit"} - set(rows[0] if rows else {"network", "layer", "unit"})
     if missing:
         raise SurveyError(f"mei.targets_sql returns no column {sorted(missing)}; return network, layer, unit (and "
@@ -77,6 +76,10 @@ class MeiStage(Stage):
     section = "mei"
     table = "mei_runs"
     reads = ("networks", "representations", "predictivity", "stimulus_sets")
+
+    def check(self) -> None:
+        if self.options.targets_sql is not None:
+            read_only(self.options.targets_sql, "mei.targets_sql")  # refused before any stage writes
 
     def tracking_uri(self, warehouse: Warehouse) -> str:
         return self.options.mlflow_uri or default_tracking_uri(warehouse.uri)
