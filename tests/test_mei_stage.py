@@ -117,6 +117,7 @@ def test_a_rerun_after_a_kill_adds_no_mlflow_run(warehouse, monkeypatch):
     ({"network": "no-such-net"}, "network 'no-such-net' is not in the catalog"),
     ({"layer": "stack9.cell9"}, "has no layer 'stack9.cell9'"),
     ({"layer": "best", "session": "ses-none", "area": "IT"}, "has no encoding model"),
+    ({"units": [0, 100_000]}, "units; pick indices below"),
 ])
 def test_bad_targets_are_refused_before_anything_is_written(warehouse, change, message):
     target = {**targets(warehouse)[0], **change}

@@ -53,6 +53,16 @@ def natural_baseline(objective: torch.nn.Module, shape: tuple[int, int, int], gr
     return best.cpu()
 
 
+def _responses(group: dict, warehouse: Warehouse, grey: list[float]) -> torch.nn.Module:
+    """Images → the group's candidate targets: the layer's units, or the area's neurons through the readout."""
+    module, preprocessing = load_network(group["network"], warehouse)
+    offset = torch.tensor(grey, dtype=torch.float32)
+    if group["readout_uri"] is None:
+        return LayerResponses(module, group["layer"], preprocessing, offset)
+    return EncodingModel(module, group["layer"], preprocessing, offset, group["spatial_pool"],
+                         load_readout(warehouse, group["readout_uri"]))
+
+
 def targets_from_sql(warehouse: Warehouse, query: str | None) -> list[MeiTargets]:
     """Target groups from a read-only query's rows (network, layer, unit, and session, area for neurons): one group
     per (network, layer, session, area)."""
@@ -93,6 +103,14 @@ class MeiStage(Stage):
         recipe = settings.model_dump(exclude={"targets", "mlflow_uri", "experiment", "device"})
         groups = [self._resolve(group, catalog)
                   for group in (*settings.targets, *targets_from_sql(warehouse, settings.targets_sql))]
+        shape = list(load_images(warehouse.uri, stimset["uri"]).shape[1:])
+        for group in groups:  # one forward pass of a grey image: a layer or unit the model lacks fails here
+            with torch.no_grad():
+                responses = _responses(group, warehouse, grey.tolist())(torch.zeros((1, *shape)))
+            if max(group["targets"]) >= responses.shape[1]:
+                raise SurveyError(f"mei.targets: {group['network']['name']} {group['layer']} has "
+                                  f"{responses.shape[1]} {'neurons' if group['session'] else 'units'}; pick indices "
+                                  f"below {responses.shape[1]}")
         tracker = _tracker(self.tracking_uri(warehouse), settings.experiment)
         parent = tracker.parent(f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
         units = []
@@ -102,7 +120,7 @@ class MeiStage(Stage):
             where = f"{group['session']} {group['area']} via " if group["session"] else ""
             units.append(WorkUnit(key, f"{where}{group['network']['name']} {group['layer']}", {
                 **group, "stimset_id": stimset["stimset_id"], "grey": grey.tolist(), "norm": norm,
-                "shape": list(load_images(warehouse.uri, stimset["uri"]).shape[1:]), "parent": parent}))
+                "shape": shape, "parent": parent}))
         return units
 
     def _resolve(self, group: MeiTargets, catalog: dict[str, list[dict]]) -> dict:
@@ -123,9 +141,6 @@ class MeiStage(Stage):
                                   f"from {network['name']} {group.layer}; run the predictivity stage on them first")
             best = max(fits, key=lambda row: row["median_corrected"] if row["median_corrected"] is not None else -1)
             layer, readout_uri = best["layer"], best["readout_uri"]
-            if max(group.units) >= best["n_neurons"]:
-                raise SurveyError(f"mei.targets: area {group.area!r} of {group.session!r} has {best['n_neurons']} "
-                                  f"neurons; pick columns below {best['n_neurons']}")
         elif layer not in network["layers"]:
             raise SurveyError(f"mei.targets: network {network['name']} has no layer {layer!r}; pick one of "
                               f"{', '.join(network['layers'])}")
@@ -140,13 +155,8 @@ class MeiStage(Stage):
         settings = self.config.mei
         payload = unit.payload
         device = resolve_device(settings.device)
-        module, preprocessing = load_network(payload["network"], warehouse)
         grey = torch.tensor(payload["grey"], dtype=torch.float32)
-        if payload["readout_uri"] is None:
-            responses = LayerResponses(module, payload["layer"], preprocessing, grey)
-        else:
-            responses = EncodingModel(module, payload["layer"], preprocessing, grey, payload["spatial_pool"],
-                                      load_readout(warehouse, payload["readout_uri"]))
+        responses = _responses(payload, warehouse, payload["grey"])
         seeds, targets = list(settings.seeds), list(payload["targets"])
         objective = RowTargets(responses, [t for t in targets for _ in seeds]).to(device)
         generator = torch.Generator(device).manual_seed(int(unit.key.rsplit("-", 1)[-1][:15], 16))  # from the key
