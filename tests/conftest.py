@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny survey config that exercises every stage in seconds."""
+"""Shared fixtures: a tiny survey config that exercises every stage in seconds (all but `mei`, whose MLflow store
+tests/test_mei_stage.py sets up itself)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ TINY = {
     },
     "capacity": {"stimuli": ["natural"], "n_t": 50, "n_reps": 2},
     "topology": {"n_levels": 11, "n_splits": 4},
+    "predictivity": {"stimuli": ["natural"]},
     "spaces": {"build": [{"metric": {"metric": "linear", "alpha": 0.5}, "stimuli": "natural"}]},
 }
 

@@ -150,3 +150,12 @@ def test_a_targets_query_that_writes_is_refused_before_any_stage_runs(tmp_path):
     with pytest.raises(SurveyError, match=r"mei\.targets_sql is a COPY statement") as error:
         run_survey(parse_config(config), warehouse, progress=False)
     assert "\n" not in str(error.value) and not (tmp_path / "wh").exists()
+
+
+def test_a_rerun_with_nothing_to_do_opens_no_mlflow_run(warehouse):
+    config = parse_config(mei_dict(targets(warehouse)[:1], steps=10))
+    run_survey(config, warehouse, stages=("mei",), progress=False)
+    tracker = MeiTracker(default_tracking_uri(warehouse.uri))
+    before = len(tracker.client.search_runs([tracker.experiment_id]))
+    assert run_survey(config, warehouse, stages=("mei",), progress=False)[0].units_run == 0
+    assert len(tracker.client.search_runs([tracker.experiment_id])) == before

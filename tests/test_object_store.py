@@ -14,7 +14,7 @@ import pytest
 
 from survey.catalog import Warehouse, connect
 from survey.config import parse_config
-from survey.runtime.survey import STAGE_ORDER, run_survey
+from survey.runtime.survey import run_survey
 
 from .conftest import TINY
 from .test_survey import catalog_fingerprint
@@ -55,4 +55,4 @@ def test_survey_into_an_s3_bucket_equals_a_local_one(s3_endpoint, tmp_path):
     assert catalog_fingerprint(remote) == catalog_fingerprint(local)
     rows = connect(remote).execute("SELECT array_uri FROM representations LIMIT 1").fetchall()
     assert rows[0][0].startswith("s3://survey-bucket/warehouse/arrays/")
-    assert [r.units_run for r in run_survey(config, remote, progress=False)] == [0] * len(STAGE_ORDER)
+    assert not any(r.units_run for r in run_survey(config, remote, progress=False))

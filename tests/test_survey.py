@@ -16,7 +16,7 @@ import yaml
 from survey.activations import extract
 from survey.catalog import TABLES, Warehouse, connect
 from survey.config import parse_config
-from survey.runtime.survey import STAGE_ORDER, run_survey
+from survey.runtime.survey import STAGE_ORDER, STAGES, run_survey
 from survey.stages.networks import load_network
 from survey.stages.stimuli import load_images
 
@@ -41,6 +41,7 @@ def catalog_fingerprint(warehouse: Warehouse) -> dict[str, list]:
         "shape_distances": "SELECT rep_a, rep_b, metric, alpha, score_method, round(distance, 9) FROM shape_distances",
         "topology": "SELECT rep_id, unit, n_loop, n_line, betti0, betti1 FROM topology",
         "capacity": "SELECT rep_id, round(capacity, 9), K, status FROM capacity",
+        "predictivity": "SELECT network_rep_id, session_rep_id, round(median_corrected, 9), status FROM predictivity",
     }
     return {table: sorted(_count(warehouse, query)) for table, query in queries.items()}
 
@@ -48,6 +49,8 @@ def catalog_fingerprint(warehouse: Warehouse) -> dict[str, list]:
 def test_tiny_survey_fills_every_table_and_resumes_without_duplicates(tmp_path, tiny_config):
     warehouse = Warehouse(tmp_path / "wh")
     first = run_survey(tiny_config, warehouse, progress=False)
+    configured = [name for name in STAGE_ORDER if STAGES[name](tiny_config).configured]
+    assert [r.stage for r in first] == configured and configured == [s for s in STAGE_ORDER if s != "mei"]
     assert [r.units_run for r in first] == [r.units_total for r in first]
     counts = table_counts(warehouse)
     layers = _count(warehouse, "SELECT sum(len(layers)) FROM networks")[0][0]
@@ -56,13 +59,13 @@ def test_tiny_survey_fills_every_table_and_resumes_without_duplicates(tmp_path, 
     assert counts["sessions"] == 2
     # every network layer × 2 stimulus sets, plus 2 sessions × 3 areas × 2 stimulus sets
     assert counts["representations"] == 2 * layers + 2 * 3 * 2
-    assert counts["runs"] == len(STAGE_ORDER)
+    assert counts["runs"] == len(configured)
     assert counts["spaces"] == 1 and counts["embeddings"] == counts["representations"] // 2  # the natural set
     by_kind = dict(_count(warehouse, "SELECT source_kind, count(*) FROM representations GROUP BY 1"))
     assert by_kind == {"network": 2 * layers, "session": 12}
 
     second = run_survey(tiny_config, warehouse, progress=False)
-    assert [r.units_run for r in second] == [0] * len(STAGE_ORDER)
+    assert [r.units_run for r in second] == [0] * len(configured)
     assert table_counts(warehouse) == counts  # not even a `runs` row
 
 

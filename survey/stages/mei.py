@@ -111,16 +111,19 @@ class MeiStage(Stage):
                 raise SurveyError(f"mei.targets: {group['network']['name']} {group['layer']} has "
                                   f"{responses.shape[1]} {'neurons' if group['session'] else 'units'}; pick indices "
                                   f"below {responses.shape[1]}")
-        tracker = _tracker(self.tracking_uri(warehouse), settings.experiment)
-        parent = tracker.parent(f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
+        keys = [content_key("mei", group["network"]["content_hash"], group["layer"], group["readout_uri"],
+                            list(group["targets"]), stimset["content_hash"], recipe, self.version) for group in groups]
+        parent = None  # the stage run's MLflow parent, made here (once) only when something will run under it
+        if set(keys) - warehouse.done_keys(self.table):
+            parent = _tracker(self.tracking_uri(warehouse), settings.experiment).parent(
+                f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
         units = []
-        for group in groups:
-            key = content_key("mei", group["network"]["content_hash"], group["layer"], group["readout_uri"],
-                              list(group["targets"]), stimset["content_hash"], recipe, self.version)
-            where = f"{group['session']} {group['area']} via " if group["session"] else ""
-            units.append(WorkUnit(key, f"{where}{group['network']['name']} {group['layer']}", {
-                **group, "stimset_id": stimset["stimset_id"], "grey": grey.tolist(), "norm": norm,
-                "shape": shape, "parent": parent}))
+        for key, group in zip(keys, groups, strict=True):
+            label = f"{group['network']['name']} {group['layer']}"
+            if group["session"]:
+                label = f"{group['session']} {group['area']} via {label}"
+            units.append(WorkUnit(key, label, {**group, "stimset_id": stimset["stimset_id"], "grey": grey.tolist(),
+                                               "norm": norm, "shape": shape, "parent": parent}))
         return units
 
     def _resolve(self, group: MeiTargets, catalog: dict[str, list[dict]]) -> dict:
