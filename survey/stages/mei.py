@@ -99,7 +99,12 @@ class MeiStage(Stage):
         stimset = next(iter(catalog_stimulus_sets(warehouse, (settings.stimuli,), "mei.stimuli").values()))
         grey, norm = grey_and_norm(load_images(warehouse.uri, stimset["uri"]))
         norm = settings.norm or norm
-        catalog = {table: warehouse.rows(table) for table in ("networks", "representations", "predictivity")}
+        catalog = {  # only the columns targets are resolved by (no per-neuron lists, no arrays)
+            "networks": warehouse.rows("networks"),
+            "representations": warehouse.rows("representations", ["source_id", "layer_or_area", "preprocessing"]),
+            "predictivity": warehouse.rows("predictivity", ["network_id", "session_id", "area", "layer", "status",
+                                                            "median_corrected", "readout_uri"]),
+        }
         recipe = settings.model_dump(exclude={"targets", "mlflow_uri", "experiment", "device"})
         groups = [self._resolve(group, catalog)
                   for group in (*settings.targets, *targets_from_sql(warehouse, settings.targets_sql))]
