@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from survey.catalog import Warehouse, connect
-from survey.config import parse_config
+from survey.config import MeiTargets, parse_config
 from survey.errors import SurveyError
 from survey.mei.targets import LayerResponses
 from survey.mei.tracking import KEY_TAG, MeiTracker, default_tracking_uri
 from survey.runtime.survey import run_survey
-from survey.stages.mei import grey_and_norm
+from survey.stages.mei import grey_and_norm, load_targets
 from survey.stages.networks import load_network
+from survey.stages.predictivity import load_readout
 from survey.stages.stimuli import load_images
 from survey.stimuli import NaturalPatches
 
@@ -159,3 +160,23 @@ def test_a_rerun_with_nothing_to_do_opens_no_mlflow_run(warehouse):
     before = len(tracker.client.search_runs([tracker.experiment_id]))
     assert run_survey(config, warehouse, stages=("mei",), progress=False)[0].units_run == 0
     assert len(tracker.client.search_runs([tracker.experiment_id])) == before
+
+
+def test_a_neurons_encoding_model_loads_by_id_and_predicts_what_its_readout_does(warehouse):
+    network = supervised(warehouse)
+    fit = next(row for row in warehouse.rows("predictivity")
+               if row["network_id"] == network["network_id"] and row["area"] == "IT" and row["status"] == "ok")
+    stimuli = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
+    images = load_images(warehouse.uri, stimuli["uri"])
+    grey, _ = grey_and_norm(images)
+    model = load_targets(warehouse, MeiTargets(network=network["network_id"], layer=fit["layer"],
+                                               session=fit["session_id"], area="IT", units=(0,)), grey.tolist())
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(images - grey[None, :, None, None].astype(np.float32))).numpy()
+    features = warehouse.load_array(fit_rep(warehouse, fit)["array_uri"]).astype(np.float64)
+    expected = load_readout(warehouse, fit["readout_uri"]).predict(features)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def fit_rep(warehouse: Warehouse, fit: dict) -> dict:
+    return next(row for row in warehouse.rows("representations") if row["rep_id"] == fit["network_rep_id"])

@@ -63,6 +63,13 @@ def test_each_row_is_scored_by_its_own_target_and_gets_only_its_own_gradient(net
     assert batch.grad[[0, 2, 3]].abs().sum() == 0  # eval mode: no image sees another's statistics
 
 
+def test_a_layer_with_neither_units_nor_channel_maps_is_named():
+    odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(start_dim=2))  # B × C × (H·W)
+    with pytest.raises(SurveyError, match=r"neither units .* nor channel maps") as error:
+        LayerResponses(odd, "1", PREPROCESSING, OFFSET)(torch.zeros(1, 3, 32, 32))
+    assert "\n" not in str(error.value)
+
+
 def test_bad_targets_are_named(network, images):
     wide = RowTargets(LayerResponses(network, "pool", PREPROCESSING, OFFSET), [10_000])
     with pytest.raises(SurveyError, match="target index 10000 is out of range") as error:

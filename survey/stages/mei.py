@@ -81,6 +81,51 @@ def targets_from_sql(warehouse: Warehouse, query: str | None) -> list[MeiTargets
             for (network, layer, session, area), units in groups.items()]
 
 
+def resolve_targets(group: MeiTargets, catalog: dict[str, list[dict]]) -> dict:
+    """A target group's network row, layer, readout and representation recipe from the catalog rows
+    (`target_catalog`); a bad name fails here, before the stage writes anything."""
+    network = next((row for row in catalog["networks"] if group.network in (row["name"], row["network_id"])), None)
+    if network is None:
+        raise SurveyError(f"mei.targets: network {group.network!r} is not in the catalog; pass a name or "
+                          "network_id from `survey sql \"SELECT name, network_id FROM networks\"`")
+    layer, readout_uri = group.layer, None
+    if group.session is not None:
+        fits = [row for row in catalog["predictivity"]
+                if row["network_id"] == network["network_id"] and row["session_id"] == group.session
+                and row["area"] == group.area and row["status"] == "ok"
+                and (group.layer == "best" or row["layer"] == group.layer)]
+        if not fits:
+            raise SurveyError(f"mei.targets: session {group.session!r} area {group.area!r} has no encoding model "
+                              f"from {network['name']} {group.layer}; run the predictivity stage on them first")
+        best = max(fits, key=lambda row: row["median_corrected"] if row["median_corrected"] is not None else -1)
+        layer, readout_uri = best["layer"], best["readout_uri"]
+    elif layer not in network["layers"]:
+        raise SurveyError(f"mei.targets: network {network['name']} has no layer {layer!r}; pick one of "
+                          f"{', '.join(network['layers'])}")
+    # the encoding model pools the layer as its representation was pooled
+    recipe = next((json.loads(row["preprocessing"]) for row in catalog["representations"]
+                   if row["source_id"] == network["network_id"] and row["layer_or_area"] == layer), {})
+    return {"network": network, "layer": layer, "readout_uri": readout_uri, "targets": group.units,
+            "session": group.session, "area": group.area,
+            "spatial_pool": recipe.get("spatial_pool", ActivationsConfig().spatial_pool)}
+
+
+def target_catalog(warehouse: Warehouse) -> dict[str, list[dict]]:
+    """The catalog rows targets are resolved by (no per-neuron lists, no arrays)."""
+    return {
+        "networks": warehouse.rows("networks"),
+        "representations": warehouse.rows("representations", ["source_id", "layer_or_area", "preprocessing"]),
+        "predictivity": warehouse.rows("predictivity", ["network_id", "session_id", "area", "layer", "status",
+                                                        "median_corrected", "readout_uri"]),
+    }
+
+
+def load_targets(warehouse: Warehouse, group: MeiTargets, grey: list[float]) -> torch.nn.Module:
+    """Images (contrast to `grey`) → the responses a target group picks from, loaded from the catalog by id: a
+    network layer's units, or an area's neurons through its encoding model."""
+    return _responses(resolve_targets(group, target_catalog(warehouse)), warehouse, grey)
+
+
 class MeiStage(Stage):
     name = "mei"
     section = "mei"
@@ -99,14 +144,9 @@ class MeiStage(Stage):
         stimset = next(iter(catalog_stimulus_sets(warehouse, (settings.stimuli,), "mei.stimuli").values()))
         grey, norm = grey_and_norm(load_images(warehouse.uri, stimset["uri"]))
         norm = settings.norm or norm
-        catalog = {  # only the columns targets are resolved by (no per-neuron lists, no arrays)
-            "networks": warehouse.rows("networks"),
-            "representations": warehouse.rows("representations", ["source_id", "layer_or_area", "preprocessing"]),
-            "predictivity": warehouse.rows("predictivity", ["network_id", "session_id", "area", "layer", "status",
-                                                            "median_corrected", "readout_uri"]),
-        }
+        catalog = target_catalog(warehouse)
         recipe = settings.model_dump(exclude={"targets", "mlflow_uri", "experiment", "device"})
-        groups = [self._resolve(group, catalog)
+        groups = [resolve_targets(group, catalog)
                   for group in (*settings.targets, *targets_from_sql(warehouse, settings.targets_sql))]
         shape = list(load_images(warehouse.uri, stimset["uri"]).shape[1:])
         for group in groups:  # one forward pass of a grey image: a layer or unit the model lacks fails here
@@ -130,34 +170,6 @@ class MeiStage(Stage):
             units.append(WorkUnit(key, label, {**group, "stimset_id": stimset["stimset_id"], "grey": grey.tolist(),
                                                "norm": norm, "shape": shape, "parent": parent}))
         return units
-
-    def _resolve(self, group: MeiTargets, catalog: dict[str, list[dict]]) -> dict:
-        """A target group's network row, layer, readout and representation recipe; a bad name fails here, before
-        the stage writes anything."""
-        network = next((row for row in catalog["networks"] if group.network in (row["name"], row["network_id"])), None)
-        if network is None:
-            raise SurveyError(f"mei.targets: network {group.network!r} is not in the catalog; pass a name or "
-                              "network_id from `survey sql \"SELECT name, network_id FROM networks\"`")
-        layer, readout_uri = group.layer, None
-        if group.session is not None:
-            fits = [row for row in catalog["predictivity"]
-                    if row["network_id"] == network["network_id"] and row["session_id"] == group.session
-                    and row["area"] == group.area and row["status"] == "ok"
-                    and (group.layer == "best" or row["layer"] == group.layer)]
-            if not fits:
-                raise SurveyError(f"mei.targets: session {group.session!r} area {group.area!r} has no encoding model "
-                                  f"from {network['name']} {group.layer}; run the predictivity stage on them first")
-            best = max(fits, key=lambda row: row["median_corrected"] if row["median_corrected"] is not None else -1)
-            layer, readout_uri = best["layer"], best["readout_uri"]
-        elif layer not in network["layers"]:
-            raise SurveyError(f"mei.targets: network {network['name']} has no layer {layer!r}; pick one of "
-                              f"{', '.join(network['layers'])}")
-        # the encoding model pools the layer as its representation was pooled
-        recipe = next((json.loads(row["preprocessing"]) for row in catalog["representations"]
-                       if row["source_id"] == network["network_id"] and row["layer_or_area"] == layer), {})
-        return {"network": network, "layer": layer, "readout_uri": readout_uri, "targets": group.units,
-                "session": group.session, "area": group.area,
-                "spatial_pool": recipe.get("spatial_pool", ActivationsConfig().spatial_pool)}
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         settings = self.config.mei
