@@ -142,13 +142,14 @@ class MeiStage(Stage):
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         settings = self.options
         stimset = next(iter(catalog_stimulus_sets(warehouse, (settings.stimuli,), "mei.stimuli").values()))
-        grey, norm = grey_and_norm(load_images(warehouse.uri, stimset["uri"]))
+        images = load_images(warehouse.uri, stimset["uri"])
+        grey, norm = grey_and_norm(images)
         norm = settings.norm or norm
         catalog = target_catalog(warehouse)
         recipe = settings.model_dump(exclude={"targets", "mlflow_uri", "experiment", "device"})
         groups = [resolve_targets(group, catalog)
                   for group in (*settings.targets, *targets_from_sql(warehouse, settings.targets_sql))]
-        shape = list(load_images(warehouse.uri, stimset["uri"]).shape[1:])
+        shape = list(images.shape[1:])
         for group in groups:  # one forward pass of a grey image: a layer or unit the model lacks fails here
             with torch.no_grad():
                 responses = _responses(group, warehouse, grey.tolist())(torch.zeros((1, *shape)))
