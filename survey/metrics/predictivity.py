@@ -168,10 +168,12 @@ def split_half_reliability(repeats: np.ndarray, n_splits: int = 20, seed: int = 
 
 
 def neural_predictivity(features: np.ndarray, repeats: np.ndarray, n_folds: int = 5, seed: int = 0,
-                        relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES) -> Predictivity:
+                        relative_penalties: tuple[float, ...] = RELATIVE_PENALTIES,
+                        reliability: np.ndarray | None = None) -> Predictivity:
     """Held-out predictivity of the repeat-averaged responses from `features` (n_stimuli × F; repeats
     n_stimuli × R × U), corrected for the neurons' trial noise: r / √ρ is Spearman's correction for attenuation
-    with noise on the neural side only, an estimate of the r against the noise-free response."""
+    with noise on the neural side only, an estimate of the r against the noise-free response. `reliability`:
+    `split_half_reliability(repeats, seed=seed)` when already computed (one session, many layers)."""
     repeats = real_array(repeats, "repeats", (3,), "n_stimuli × n_repeats × n_units")
     if repeats.shape[0] < 2 * n_folds:
         raise NotApplicable(f"{repeats.shape[0]} stimuli are too few for {n_folds}-fold cross-validation; pass "
@@ -179,7 +181,8 @@ def neural_predictivity(features: np.ndarray, repeats: np.ndarray, n_folds: int 
     mean_responses = repeats.mean(axis=1)
     predictions = cross_validated_predictions(features, mean_responses, n_folds, seed, relative_penalties)
     r = pearson_columns(predictions, mean_responses)
-    reliability = split_half_reliability(repeats, seed=seed)
+    if reliability is None:
+        reliability = split_half_reliability(repeats, seed=seed)
     with np.errstate(invalid="ignore"):
         corrected = np.where(reliability > 0, r / np.sqrt(np.where(reliability > 0, reliability, 1.0)), np.nan)
     finite = corrected[np.isfinite(corrected)]

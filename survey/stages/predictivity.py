@@ -11,7 +11,7 @@ import numpy as np
 from survey.catalog import Warehouse
 from survey.errors import NotApplicable
 from survey.hashing import content_key
-from survey.metrics.predictivity import Readout, fit_readout, neural_predictivity
+from survey.metrics.predictivity import Readout, fit_readout, neural_predictivity, split_half_reliability
 from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none
 from survey.stages.stimuli import catalog_stimulus_sets
 
@@ -38,26 +38,28 @@ class PredictivityStage(Stage):
         settings = self.options
         sets = catalog_stimulus_sets(warehouse, settings.stimuli, "predictivity.stimuli")
         recipe = settings.model_dump(exclude={"stimuli"})
-        layers: dict[tuple[str, str], list[dict]] = defaultdict(list)  # (stimset, network) → its layers
-        areas: dict[tuple[str, str], list[dict]] = defaultdict(list)  # (stimset, session) → its areas
+        # per stimulus set: network → its layers, session → its areas
+        layers: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        areas: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
         for rep in warehouse.rows("representations"):
             if rep["stimset_id"] not in sets:
                 continue
             if rep["source_kind"] == "network":
-                layers[rep["stimset_id"], rep["source_id"]].append(rep)
+                layers[rep["stimset_id"]][rep["source_id"]].append(rep)
             elif rep["repeats_uri"] is not None:
-                areas[rep["stimset_id"], rep["source_id"]].append(rep)
+                areas[rep["stimset_id"]][rep["source_id"]].append(rep)
         units = []
-        for (stimset, _), network_reps in sorted(layers.items(), key=lambda item: item[0]):
-            for (session_set, session), session_reps in sorted(areas.items(), key=lambda item: item[0]):
-                if session_set != stimset:
-                    continue
+        for stimset in sorted(layers.keys() & areas.keys()):
+            by_session = {session: sorted(reps, key=lambda rep: rep["layer_or_area"])
+                          for session, reps in sorted(areas[stimset].items())}
+            for _, network_reps in sorted(layers[stimset].items()):
                 network_reps.sort(key=lambda rep: rep["layer_index"])
-                session_reps.sort(key=lambda rep: rep["layer_or_area"])
-                key = content_key("pred", [r["content_hash"] for r in network_reps],
-                                  [r["content_hash"] for r in session_reps], recipe, self.version)
-                units.append(WorkUnit(key, f"{network_reps[0]['source_name']} × {session} · "
-                                           f"{sets[stimset]['name']}", {"layers": network_reps, "areas": session_reps}))
+                for session, session_reps in by_session.items():
+                    key = content_key("pred", [r["content_hash"] for r in network_reps],
+                                      [r["content_hash"] for r in session_reps], recipe, self.version)
+                    units.append(WorkUnit(key, f"{network_reps[0]['source_name']} × {session} · "
+                                               f"{sets[stimset]['name']}",
+                                          {"layers": network_reps, "areas": session_reps}))
         return units
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
@@ -68,11 +70,17 @@ class PredictivityStage(Stage):
         repeats = np.concatenate([warehouse.load_array(rep["repeats_uri"]).astype(np.float64) for rep in areas],
                                  axis=2)  # one session: the same stimuli and repeats in every area
         bounds = np.cumsum([0] + [rep["n_units"] for rep in areas])
+        try:  # the noise ceiling is the session's, the same for every layer
+            reliability = split_half_reliability(repeats, seed=settings.seed)
+        except NotApplicable:
+            reliability = None  # neural_predictivity names the reason below
         rows = []
         for layer in unit.payload["layers"]:
             features = warehouse.load_array(layer["array_uri"]).astype(np.float64)
             try:
-                result, reason = neural_predictivity(features, repeats, settings.n_folds, settings.seed), "ok"
+                result = neural_predictivity(features, repeats, settings.n_folds, settings.seed,
+                                             reliability=reliability)
+                reason = "ok"
                 readout = fit_readout(features, repeats.mean(axis=1))
             except NotApplicable as error:
                 result, reason = None, str(error)
