@@ -23,7 +23,9 @@ from survey.config import (
     STAGE_NAMES,
     CatalogConfig,
     DistancesConfig,
+    EggConfig,
     MeiConfig,
+    PriorConfig,
     SpaceSpec,
     SurveyConfig,
     load_config,
@@ -40,6 +42,8 @@ app.add_typer(zoo_app, name="zoo")
 index_app = typer.Typer(help="Embedding spaces (landmark MDS + FAISS) for nearest-representation search.",
                         no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
+prior_app = typer.Typer(help="Diffusion priors for energy-guided MEIs (EGG).", no_args_is_help=True)
+app.add_typer(prior_app, name="prior")
 app.add_typer(index_app, name="index")
 console = Console()
 
@@ -222,7 +226,13 @@ def mei(
     sql: Annotated[str | None, typer.Option(
         "--sql", help="Targets by a read-only query returning network, layer, unit (and session, area).")] = None,
     stimset: Annotated[str, typer.Option(help="Stimulus set giving the grey and the norm.")] = "natural",
+    method: Annotated[str, typer.Option(help="Comma-separated methods: ga (gradient ascent), egg (diffusion).")] = (
+        ",".join(_mei_defaults("methods"))),
     steps: Annotated[int, typer.Option(help="Gradient-ascent steps.")] = _mei_defaults("steps"),
+    egg_steps: Annotated[int, typer.Option(help="EGG: respaced diffusion steps.")] = EggConfig().steps,
+    energy_scale: Annotated[float, typer.Option(help="EGG: guidance scale.")] = EggConfig().energy_scale,
+    prior: Annotated[str | None, typer.Option(
+        help="EGG: a local diffusers folder or module:callable (default: the warehouse's trained prior).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (restarts).")] = ",".join(
         str(seed) for seed in _mei_defaults("seeds")),
     norm: Annotated[float | None, typer.Option(help="L2 norm of the contrast (default: the set's mean).")] = None,
@@ -230,7 +240,8 @@ def mei(
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
     executor: ExecutorOption = None,
 ) -> None:
-    """Most exciting inputs by gradient ascent, for network units or recorded neurons, logged to MLflow."""
+    """Most exciting inputs by gradient ascent and energy-guided diffusion, for network units or recorded neurons,
+    scored on other models and logged to MLflow."""
     store = _existing(warehouse)
     if (sql is None) == (network is None):
         raise SurveyError("pass either --sql QUERY or --network with --layer and --units")
@@ -241,6 +252,8 @@ def mei(
         targets = [{"network": network, "layer": layer, "units": _integers("--units", units), "session": session,
                     "area": area}]
     settings = {"stimuli": stimset, "targets": targets, "targets_sql": sql, "steps": steps,
+                "methods": [part.strip() for part in method.split(",") if part.strip()],
+                "egg": {"steps": egg_steps, "energy_scale": energy_scale, "prior": prior},
                 "seeds": _integers("--seeds", seeds), "norm": norm, "mlflow_uri": mlflow_uri}
     try:
         config = SurveyConfig.model_validate({"name": "mei", "mei": settings, "stages": ["mei"]})
@@ -259,13 +272,21 @@ def _integers(option: str, text: str) -> list[int]:
 
 
 def _print_mei_summary(store: Warehouse, mlflow_uri: str | None) -> None:
+    from survey.mei.comparison import compare_methods
     from survey.mei.tracking import default_tracking_uri
 
-    _print_query(connect(store), "most exciting inputs (best seed per target)", """
-        SELECT m.target_kind, n.name AS network, m.layer, m.session_id, m.area, m.target,
-               round(m.activation, 3) AS activation, round(m.natural_max, 3) AS best_natural_patch,
+    connection = connect(store)
+    _print_query(connection, "most exciting inputs (best seed per target and method)", """
+        SELECT m.target_kind, n.name AS network, m.layer, m.session_id, m.area, m.target, m.method,
+               round(m.activation, 3) AS activation, round(m.family_activation, 3) AS other_seed,
+               round(m.cross_activation, 3) AS other_architecture, round(m.natural_max, 3) AS best_natural_patch,
                round(m.seconds, 3) AS seconds, m.mlflow_run_id
         FROM mei_runs m JOIN networks n USING (network_id) WHERE m.is_best ORDER BY ALL""")
+    comparison = compare_methods(connection)
+    if comparison[0]["n"]:
+        _print_table(list(comparison[0]), [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+                                           for row in comparison],
+                     title="GA against EGG, paired by target (best seed each; Wilcoxon signed-rank)")
     uri = mlflow_uri or default_tracking_uri(store.uri)
     console.print(f"\nOpen the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1", soft_wrap=True)
 
@@ -449,6 +470,41 @@ def zoo_build(
     zoo = {"n_architectures": n, "seed": seed, "train": {"steps": steps}}
     config = SurveyConfig.model_validate({"name": "zoo", "zoo": zoo, "stages": ["networks"]})
     execute(with_executor(config, executor), warehouse)
+
+
+@prior_app.command("train")
+def prior_train(
+    stimset: Annotated[str, typer.Option(help="Stimulus set whose image size the prior is trained at.")] = (
+        PriorConfig().stimuli),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = PriorConfig().steps,
+    n_patches: Annotated[int, typer.Option(help="Grayscale natural patches to train on.")] = PriorConfig().n_patches,
+    seed: int = PriorConfig().seed,
+    out: Annotated[Path | None, typer.Option(help="Also write it as a diffusers folder (unet/, scheduler/).")] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: in the warehouse).")] = None,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    executor: ExecutorOption = None,
+) -> None:
+    """Train the diffusion prior EGG samples from (kept in the warehouse by its recipe; the loss goes to MLflow)."""
+    store = _existing(warehouse)
+    prior = {"stimuli": stimset, "steps": steps, "n_patches": n_patches, "seed": seed, "mlflow_uri": mlflow_uri}
+    try:
+        config = SurveyConfig.model_validate({"name": "prior", "prior": prior, "stages": ["prior"]})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SurveyError(f"prior: {'.'.join(str(p) for p in first['loc'])}: {one_line(first['msg'])}") from None
+    execute(with_executor(config, executor), warehouse)
+    _print_query(connect(store), "diffusion priors", """
+        SELECT prior_id, size, n_params, round(final_loss, 4) AS final_loss, round(seconds, 1) AS seconds,
+               round(sample_slope, 2) AS sample_slope, round(patch_slope, 2) AS patch_slope, mlflow_run_id
+        FROM priors ORDER BY prior_id""")
+    if out is not None:
+        from survey.mei.prior import save_prior
+        from survey.stages.prior import PriorStage, catalog_unet
+
+        key = PriorStage(config).plan(store, None)[0].key
+        row = next(row for row in store.rows("priors") if row["prior_id"] == key)
+        save_prior(catalog_unet(store, row), json.loads(row["scheduler_config"]), out)
+        console.print(f"Written to {out} (pass it as mei.egg.prior or --prior)")
 
 
 @sessions_app.command("synth")

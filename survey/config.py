@@ -14,7 +14,7 @@ from survey.stimuli import StimulusSpec
 
 # every stage's name; the order they run in follows from the tables each reads and writes (survey.runtime.survey)
 STAGE_NAMES = ("stimuli", "networks", "sessions", "activations", "distances", "capacity", "topology", "predictivity",
-               "spaces", "mei")
+               "spaces", "prior", "mei")
 CONV_SIZE = 4  # conv metric: maps are average-pooled to this many positions a side (distances and their spaces)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -51,6 +51,15 @@ class TrainConfig(_Strict):
     n_test_per_class: int = Field(50, ge=1)
 
 
+class ZooReplicas(_Strict):
+    """Extra networks: the first `architectures` of the zoo trained again under `objectives` with `seeds` more
+    seeds each, named ``zoo<index>-<objective>-s<k>``."""
+
+    architectures: int = Field(1, ge=1)
+    objectives: tuple[Literal["supervised", "contrastive", "untrained"], ...] = ("supervised",)
+    seeds: int = Field(1, ge=1)
+
+
 class ZooConfig(_Strict):
     """The generated model zoo: `n_architectures` sampled cells, each trained under every objective."""
 
@@ -61,6 +70,7 @@ class ZooConfig(_Strict):
     seed: int = 0
     train: TrainConfig = TrainConfig()
     layers: Literal["all"] | tuple[str, ...] = "all"  # representation layers of every zoo network
+    replicas: ZooReplicas | None = None  # more seeds of some architectures (MEIs' within-family evaluation)
 
 
 class ExternalNetwork(_Strict):
@@ -199,14 +209,43 @@ class MeiTargets(_Strict):
         return self
 
 
+class PriorConfig(_Strict):
+    """The project's diffusion prior for EGG (DESIGN §5.5; survey.mei.prior): a small diffusers UNet trained to
+    predict the noise on grayscale patches of the bundled natural images, at the size of a stimulus set's images."""
+
+    stimuli: str = "natural"  # the stimulus set whose image size the prior is trained at
+    n_patches: int = Field(20_000, ge=1)
+    widths: tuple[int, ...] = Field((16, 32, 32), min_length=1)  # UNet channels per level
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    timesteps: int = Field(1000, ge=2)  # the linear β schedule's length
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mlflow_uri: str | None = None  # the training loss is logged here (None: sqlite:///<warehouse>/mlflow/mlflow.db)
+    experiment: str = "neurosurvey-prior"
+
+
+class EggConfig(_Strict):
+    """Energy-guided diffusion (Pierzchlewicz et al. 2023; survey.mei.egg)."""
+
+    steps: int = Field(100, ge=1)  # respaced diffusion steps
+    energy_scale: float = Field(10.0, ge=0)  # the paper's MEI scale
+    # None: the `prior` stage's prior at mei.stimuli's size; else a local diffusers folder or module:callable
+    prior: str | None = None
+
+
 class MeiConfig(_Strict):
-    """Most exciting inputs by gradient ascent (DESIGN §5.5; survey.mei.ascent), logged to MLflow."""
+    """Most exciting inputs by gradient ascent and by energy-guided diffusion (DESIGN §5.5; survey.mei), each
+    scored on the model it was made for, another seed of its architecture and another architecture, and logged to
+    MLflow."""
 
     stimuli: str  # the stimulus set whose mean image is the MEIs' grey and whose contrast norm is theirs
     targets: tuple[MeiTargets, ...] = ()
     # and/or targets by a read-only query over the catalog returning network, layer, unit (and session, area)
     targets_sql: str | None = None
-    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)  # restarts per target; the best is flagged
+    methods: tuple[Literal["ga", "egg"], ...] = Field(("ga",), min_length=1)
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)  # restarts per target and method; the best is flagged
     steps: int = Field(1000, ge=1)
     lr: float = Field(10.0, gt=0)
     blur_sigma: float = Field(1.0, ge=0)
@@ -214,6 +253,8 @@ class MeiConfig(_Strict):
     fourier: bool = False
     norm: float | None = Field(None, gt=0)  # None: the mean L2 norm of the set's images minus its mean image
     natural_patches: int = Field(10_000, ge=0)  # baseline: each target's best natural patch at the same norm; 0: none
+    egg: EggConfig = EggConfig()
+    evaluate: bool = True  # also score each MEI on another seed of its architecture and on another architecture
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mlflow_uri: str | None = None  # None: sqlite:///<warehouse>/mlflow/mlflow.db
     experiment: str = "neurosurvey-mei"
@@ -270,6 +311,7 @@ class SurveyConfig(_Strict):
     capacity: CapacityConfig | None = None
     topology: TopologyConfig | None = None
     predictivity: PredictivityConfig | None = None
+    prior: PriorConfig | None = None
     mei: MeiConfig | None = None
     spaces: SpacesConfig | None = None
     catalog: CatalogConfig = CatalogConfig()

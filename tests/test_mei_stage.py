@@ -12,7 +12,7 @@ from survey.catalog import Warehouse, connect
 from survey.config import MeiTargets, parse_config
 from survey.errors import SurveyError
 from survey.mei.targets import LayerResponses
-from survey.mei.tracking import KEY_TAG, MeiTracker, default_tracking_uri
+from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 from survey.runtime.survey import run_survey
 from survey.stages.mei import grey_and_norm, load_targets
 from survey.stages.networks import load_network
@@ -22,13 +22,16 @@ from survey.stimuli import NaturalPatches
 
 from .conftest import TINY, survey_cli
 
-BEFORE = ("stimuli", "networks", "sessions", "activations", "predictivity")
+BEFORE = ("stimuli", "networks", "sessions", "activations", "predictivity", "prior")
 
 
-def mei_dict(targets: list[dict], steps: int = 150) -> dict:
+def mei_dict(targets: list[dict], steps: int = 150, methods: tuple[str, ...] = ("ga",)) -> dict:
     config = copy.deepcopy(TINY)
+    config["zoo"]["replicas"] = {"architectures": 1, "objectives": ["supervised"], "seeds": 1}
     config["predictivity"] = {"stimuli": ["natural"]}
-    config["mei"] = {"stimuli": "natural", "targets": targets, "seeds": [0, 1], "steps": steps}
+    config["prior"] = {"stimuli": "natural", "steps": 60, "n_patches": 500, "widths": [8, 16]}  # mechanics only
+    config["mei"] = {"stimuli": "natural", "targets": targets, "seeds": [0, 1], "steps": steps,
+                     "methods": list(methods), "egg": {"steps": 10}}
     return config
 
 
@@ -46,7 +49,8 @@ def warehouse(surveyed, tmp_path) -> Warehouse:
 
 
 def supervised(warehouse: Warehouse) -> dict:
-    return next(row for row in warehouse.rows("networks") if row["objective"] == "supervised")
+    """The supervised network of the first architecture (it has a replica: another seed)."""
+    return next(row for row in warehouse.rows("networks") if row["name"] == "zoo000-supervised")
 
 
 def targets(warehouse: Warehouse) -> list[dict]:
@@ -70,7 +74,7 @@ def test_every_row_has_its_mlflow_run_and_the_meis_beat_natural_patches(warehous
     runs = mlflow.search_runs(experiment_names=["neurosurvey-mei"], filter_string="tags.target_kind != ''",
                               output_format="list")
     assert sorted(run.info.run_id for run in runs) == sorted(row["mlflow_run_id"] for row in rows)
-    history = MeiTracker(default_tracking_uri(warehouse.uri)).client.get_metric_history(rows[0]["mlflow_run_id"],
+    history = Tracker(default_tracking_uri(warehouse.uri)).client.get_metric_history(rows[0]["mlflow_run_id"],
                                                                                          "activation")
     assert len(history) == 150
 
@@ -107,7 +111,7 @@ def test_a_rerun_after_a_kill_adds_no_mlflow_run(warehouse, monkeypatch):
         run_survey(config, warehouse, stages=("mei",), progress=False)
     monkeypatch.setattr(Warehouse, "append_unit", original)
     assert run_survey(config, warehouse, stages=("mei",), progress=False)[0].units_run == 1
-    tracker = MeiTracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse.uri))
     children = [run for run in tracker.client.search_runs([tracker.experiment_id])
                 if "mlflow.parentRunId" in run.data.tags]
     assert len(children) == 3 * 2 == len(warehouse.rows("mei_runs"))
@@ -156,7 +160,7 @@ def test_a_targets_query_that_writes_is_refused_before_any_stage_runs(tmp_path):
 def test_a_rerun_with_nothing_to_do_opens_no_mlflow_run(warehouse):
     config = parse_config(mei_dict(targets(warehouse)[:1], steps=10))
     run_survey(config, warehouse, stages=("mei",), progress=False)
-    tracker = MeiTracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse.uri))
     before = len(tracker.client.search_runs([tracker.experiment_id]))
     assert run_survey(config, warehouse, stages=("mei",), progress=False)[0].units_run == 0
     assert len(tracker.client.search_runs([tracker.experiment_id])) == before
@@ -180,3 +184,72 @@ def test_a_neurons_encoding_model_loads_by_id_and_predicts_what_its_readout_does
 
 def fit_rep(warehouse: Warehouse, fit: dict) -> dict:
     return next(row for row in warehouse.rows("representations") if row["rep_id"] == fit["network_rep_id"])
+
+
+def test_egg_and_ga_meis_are_scored_on_another_seed_and_another_architecture(warehouse):
+    config = parse_config(mei_dict(targets(warehouse), steps=30, methods=("ga", "egg")))
+    report = run_survey(config, warehouse, stages=("mei",), progress=False)[0]
+    assert report.units_run == 4 and report.rows["mei_runs"] == (3 + 2) * 2 * 2
+    rows = warehouse.rows("mei_runs")
+    networks = {row["network_id"]: row for row in warehouse.rows("networks")}
+    prior = warehouse.rows("priors")[0]
+    assert {row["prior_id"] for row in rows if row["method"] == "egg"} == {prior["prior_id"]}
+    assert {(row["method"], row["steps"]) for row in rows} == {("ga", 30), ("egg", 10)}
+    target = supervised(warehouse)
+    grey = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
+    grey, _ = grey_and_norm(load_images(warehouse.uri, grey["uri"]))
+    offset = torch.tensor(grey, dtype=torch.float32)
+    for row in rows:
+        family, cross = networks[row["family_network_id"]], networks[row["cross_network_id"]]
+        assert family["name"] == "zoo000-supervised-s1" and family["spec"] == target["spec"]
+        assert cross["spec"] != target["spec"]
+        image = torch.from_numpy(warehouse.load_array(row["image_uri"]))[None]
+        assert float(image.norm()) == pytest.approx(row["norm"], rel=1e-4)
+        if row["target_kind"] == "unit":  # the closest unit by response correlation, its activation recomputed
+            assert -1 <= row["family_match"] <= 1 and -1 <= row["cross_match"] <= 1
+            for prefix in ("family", "cross"):
+                module, preprocessing = load_network(networks[row[f"{prefix}_network_id"]], warehouse)
+                with torch.no_grad():
+                    output = LayerResponses(module, row[f"{prefix}_layer"], preprocessing, offset)(image)
+                assert float(output[0, row[f"{prefix}_target"]]) == pytest.approx(row[f"{prefix}_activation"],
+                                                                                  rel=1e-4, abs=1e-5)
+        else:  # the same neuron through the area's encoding model on the other network
+            assert row["family_target"] == row["cross_target"] == row["target"]
+            group = MeiTargets(network=row["cross_network_id"], layer=row["cross_layer"], session=row["session_id"],
+                               area=row["area"], units=(row["target"],))
+            with torch.no_grad():
+                output = load_targets(warehouse, group, grey.tolist())(image)
+            assert float(output[0, row["target"]]) == pytest.approx(row["cross_activation"], rel=1e-4, abs=1e-5)
+    tracker = Tracker(default_tracking_uri(warehouse.uri))
+    egg_run = tracker.client.get_run(next(r["mlflow_run_id"] for r in rows if r["method"] == "egg"))
+    assert egg_run.data.params["method"] == "egg" and egg_run.data.params["prior"] == prior["prior_id"]
+    assert {"activation", "family_activation", "cross_activation"} <= set(egg_run.data.metrics)
+    assert len(tracker.client.get_metric_history(egg_run.info.run_id, "activation")) == 10
+    prior_run = tracker.client.get_run(prior["mlflow_run_id"])
+    assert len(tracker.client.get_metric_history(prior_run.info.run_id, "loss")) == 60
+
+
+def test_a_nan_response_stops_egg_naming_the_target_and_writes_no_row(warehouse, monkeypatch):
+    original = LayerResponses.forward
+
+    def broken(self, images):
+        output = original(self, images)
+        return torch.cat([output[:, :1], output[:, 1:2] * torch.nan, output[:, 2:]], dim=1)
+
+    monkeypatch.setattr(LayerResponses, "forward", broken)
+    config = parse_config(mei_dict(targets(warehouse)[:1], methods=("egg",)))
+    with pytest.raises(SurveyError, match=r"targets \[1\] get a non-finite energy") as error:
+        run_survey(config, warehouse, stages=("mei",), progress=False)
+    assert "\n" not in str(error.value)
+    assert warehouse.rows("mei_runs") == []
+
+
+def test_a_prior_folder_missing_files_is_refused_before_anything_is_written(warehouse, tmp_path):
+    (tmp_path / "prior" / "unet").mkdir(parents=True)
+    (tmp_path / "prior" / "unet" / "config.json").write_text("{}")
+    config = mei_dict(targets(warehouse)[:1], methods=("ga", "egg"))
+    config["mei"]["egg"]["prior"] = str(tmp_path / "prior")
+    with pytest.raises(SurveyError, match=r"lacks unet/diffusion_pytorch_model\.safetensors, "
+                                          r"scheduler/scheduler_config\.json") as error:
+        run_survey(parse_config(config), warehouse, stages=("mei",), progress=False)
+    assert "\n" not in str(error.value) and warehouse.delta("mei_runs") is None

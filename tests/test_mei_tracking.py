@@ -12,7 +12,7 @@ import pytest
 
 from survey.catalog import Warehouse
 from survey.errors import SurveyError
-from survey.mei.tracking import KEY_TAG, MeiTracker, default_tracking_uri
+from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 
 HISTORY = np.linspace(0.0, 3.0, 1500)  # more steps than one log_batch takes
 IMAGE = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
@@ -22,7 +22,7 @@ IMAGE = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
 def migrated_database(tmp_path_factory) -> Path:
     """One SQLite store migrated once per session (the first connection runs MLflow's migrations, seconds)."""
     folder = tmp_path_factory.mktemp("mlflow-template")
-    MeiTracker(f"sqlite:///{folder / 'mlflow.db'}", experiment="template")
+    Tracker(f"sqlite:///{folder / 'mlflow.db'}", experiment="template")
     return folder / "mlflow.db"
 
 
@@ -34,15 +34,15 @@ def warehouse(tmp_path, migrated_database) -> Warehouse:
     return warehouse
 
 
-def log(tracker: MeiTracker, parent: str, key: str) -> str:
-    return tracker.log_child(parent, key, f"mei {key}", {"network": "net-a", "layer": "stack0.cell1", "target": "7"},
+def log(tracker: Tracker, parent: str, key: str) -> str:
+    return tracker.log_mei(parent, key, f"mei {key}", {"network": "net-a", "layer": "stack0.cell1", "target": "7"},
                              {"method": "ga", "seed": 0, "lr": 10.0}, {"steps": 1500}, HISTORY, IMAGE)
 
 
 def test_children_are_nested_logged_whole_and_found_by_key(warehouse, monkeypatch):
     import mlflow
 
-    tracker = MeiTracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse.uri))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)  # what a user's mlflow.search_runs reads
     assert tracker.tracking_uri == f"sqlite:///{warehouse.root}/mlflow/mlflow.db"
     parent = tracker.parent("stage-run-1", "mei run-1", {"stage": "mei"})
@@ -63,7 +63,7 @@ def test_children_are_nested_logged_whole_and_found_by_key(warehouse, monkeypatc
 
 
 def test_a_rerun_reuses_finished_runs_and_replaces_unfinished_ones(warehouse):
-    tracker = MeiTracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse.uri))
     parent = tracker.parent("stage-run-2", "mei run-2", {})
     assert tracker.parent("stage-run-2", "mei run-2", {}) == parent
     finished = log(tracker, parent, "unit-a")
@@ -106,7 +106,7 @@ def test_a_real_mlflow_server_on_loopback(tmp_path, migrated_database):
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
                 time.sleep(0.5)
-        tracker = MeiTracker(uri, experiment="served")
+        tracker = Tracker(uri, experiment="served")
         parent = tracker.parent("stage-run-3", "mei run-3", {})
         child = log(tracker, parent, "unit-served")
         assert log(tracker, parent, "unit-served") == child

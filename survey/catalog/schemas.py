@@ -176,17 +176,52 @@ MEI_RUNS = _schema(  # DESIGN §3, §5.5; one row per (target, method, seed), it
     pa.field("area", pa.string()),
     pa.field("target", pa.int32(), nullable=False),  # unit or channel of the layer, or the neuron's column in its area
     pa.field("stimset_id", pa.string(), nullable=False),  # whose mean image is the grey and whose norm is used
-    pa.field("method", pa.string(), nullable=False),  # ga
+    pa.field("method", pa.string(), nullable=False),  # ga | egg
     pa.field("seed", pa.int64(), nullable=False),
-    pa.field("is_best", pa.bool_(), nullable=False),  # the target's seed of highest activation
+    pa.field("is_best", pa.bool_(), nullable=False),  # the target's seed of highest activation (per method)
     pa.field("norm", pa.float64(), nullable=False),  # L2 norm of the image's contrast
-    pa.field("steps", pa.int32(), nullable=False),
+    pa.field("steps", pa.int32(), nullable=False),  # ga: ascent steps; egg: respaced diffusion steps
+    pa.field("energy_scale", pa.float64()),  # egg only
+    pa.field("prior_id", pa.string()),  # egg: the diffusion prior (a priors row, or the folder / callable given)
     pa.field("activation", pa.float64(), nullable=False),  # on the model it was optimised for
+    # the target on another seed of the network's architecture (same objective), NULL when none is stored: for
+    # neurons the same neuron through the area's encoding model from that network's best layer, for units that
+    # network's unit (any layer) whose responses to the stimulus set correlate best with the target's
+    pa.field("family_network_id", pa.string()),
+    pa.field("family_layer", pa.string()),
+    pa.field("family_target", pa.int32()),
+    pa.field("family_match", pa.float64()),  # units: that correlation; neurons: NULL
+    pa.field("family_activation", pa.float64()),
+    # … and on a network of another architecture: for neurons the area's best encoding model over all other
+    # architectures, for units the closest unit of the best-trained network of another architecture (same objective
+    # first)
+    pa.field("cross_network_id", pa.string()),
+    pa.field("cross_layer", pa.string()),
+    pa.field("cross_target", pa.int32()),
+    pa.field("cross_match", pa.float64()),  # units: the correlation; neurons: the cross model's median corrected r
+    pa.field("cross_activation", pa.float64()),
     pa.field("natural_max", pa.float64()),  # the target's best over `natural_patches` patches at the same norm
     pa.field("natural_patches", pa.int32(), nullable=False),  # 0: no baseline (natural_max NULL)
     pa.field("seconds", pa.float64(), nullable=False),  # the batch's optimisation time over its MEIs
     pa.field("image_uri", pa.string(), nullable=False),  # .npy, C × H × W contrast (add the set's mean image)
     pa.field("readout_uri", pa.string()),  # neurons: the encoding model's readout
+    pa.field("mlflow_run_id", pa.string(), nullable=False),
+)
+
+PRIORS = _schema(  # DESIGN §5.5; one row per trained diffusion prior (EGG), keyed by its training recipe
+    pa.field("prior_id", pa.string(), nullable=False),
+    pa.field("size", pa.int32(), nullable=False),  # images are channels × size × size, in [−1, 1]
+    pa.field("channels", pa.int32(), nullable=False),
+    pa.field("recipe", pa.string(), nullable=False),  # JSON: the prior config it was trained by
+    pa.field("unet_config", pa.string(), nullable=False),  # JSON: diffusers UNet2DModel config
+    pa.field("scheduler_config", pa.string(), nullable=False),  # JSON: diffusers DDPMScheduler config
+    pa.field("n_params", pa.int64(), nullable=False),
+    pa.field("final_loss", pa.float64(), nullable=False),  # mean ε-prediction loss over the last 100 steps
+    pa.field("seconds", pa.float64(), nullable=False),
+    pa.field("sample_slope", pa.float64(), nullable=False),  # radial power spectrum slope of 64 samples
+    pa.field("patch_slope", pa.float64(), nullable=False),  # … and of the training patches
+    pa.field("weights_uri", pa.string(), nullable=False),  # safetensors
+    pa.field("content_hash", pa.string(), nullable=False),
     pa.field("mlflow_run_id", pa.string(), nullable=False),
 )
 
@@ -262,6 +297,7 @@ TABLES: dict[str, pa.Schema] = {
     "topology": TOPOLOGY,
     "predictivity": PREDICTIVITY,
     "mei_runs": MEI_RUNS,
+    "priors": PRIORS,
     "spaces": SPACES,
     "embeddings": EMBEDDINGS,
     "runs": RUNS,

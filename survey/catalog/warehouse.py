@@ -44,6 +44,11 @@ COMMIT_ATTEMPTS = 30  # a unit's append is retried this often when other writers
 _OPEN = threading.local()  # each thread's open Delta tables (see Warehouse.delta)
 
 
+# Set when a table is created: log statistics for every column (Delta's default stops at the first 32, and
+# `done_keys` reads `unit_key`'s, which comes last).
+TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "-1"}
+
+
 class Warehouse:
     """Root of the catalogs: one Delta table per catalog table under ``<root>/<table>/``, arrays under
     ``<root>/arrays/<hash>.<ext>``.
@@ -167,6 +172,9 @@ class Warehouse:
         files = pa.table(snapshot.get_add_actions(flatten=True))
         if files.num_rows == 0:
             return set()
+        if "min.unit_key" not in files.column_names:  # a table made without TABLE_PROPERTIES: no stats to read
+            files = files.append_column("min.unit_key", pa.nulls(files.num_rows, pa.string())).append_column(
+                "max.unit_key", pa.nulls(files.num_rows, pa.string()))
         single = pc.fill_null(pc.equal(files["min.unit_key"], files["max.unit_key"]), False)
         keys = set(pc.filter(files["min.unit_key"], single).to_pylist())
         mixed = {path.rsplit("/", 1)[-1] for path in pc.filter(files["path"], pc.invert(single)).to_pylist()}
@@ -189,7 +197,7 @@ class Warehouse:
             try:
                 write_deltalake(snapshot if snapshot is not None else self.table_uri(table), data, mode="append",
                                 partition_by=_partitions(table), storage_options=self.storage_options,
-                                commit_properties=commit)
+                                commit_properties=commit, configuration=TABLE_PROPERTIES)
                 return data.num_rows
             except (CommitFailedError, DeltaError) as err:  # a concurrent commit won: look again
                 if attempt == COMMIT_ATTEMPTS - 1 or not _is_conflict(err, snapshot is None):
@@ -265,7 +273,8 @@ class Warehouse:
         rows = pa.concat_tables(pieces)
         commit = CommitProperties(app_transactions=[Transaction(key, 1) for _, key in parts])
         write_deltalake(self.table_uri(table), rows, mode="append", partition_by=_partitions(table),
-                        storage_options=self.storage_options, commit_properties=commit)
+                        storage_options=self.storage_options, commit_properties=commit,
+                        configuration=TABLE_PROPERTIES)
         for info, _ in parts:
             self.fs.delete_file(info.path)
         return rows.num_rows

@@ -129,7 +129,7 @@ def gradient_ascent(
     parameter.requires_grad_(True)
     optimiser = torch.optim.AdamW([parameter], lr=lr, weight_decay=0.0)  # decay would undo z's growth
     history = torch.empty((steps, n_images), device=device)
-    started = _clock(device)
+    started = device_clock(device)
     for step in tqdm(range(steps), desc="gradient ascent", unit="step", disable=not progress, leave=False):
         optimiser.zero_grad(set_to_none=True)
         z = pixels()
@@ -146,10 +146,10 @@ def gradient_ascent(
     with torch.no_grad():
         images = project_to_norm(pixels(), norm)
         final = objective(images)
-    return Ascent(images, final, history.cpu(), _clock(device) - started)
+    return Ascent(images, final, history.cpu(), device_clock(device) - started)
 
 
-def _clock(device: torch.device) -> float:
+def device_clock(device: torch.device) -> float:
     """Seconds on a wall clock, after the device has finished its queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

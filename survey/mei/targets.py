@@ -76,3 +76,24 @@ class RowTargets(nn.Module):
             raise SurveyError(f"target index {int(self.columns.max())} is out of range: the output has "
                               f"{output.shape[1]} units; pick indices below {output.shape[1]}")
         return output[torch.arange(len(images), device=images.device), self.columns]
+
+
+def closest_units(reference: np.ndarray, candidates: dict[str, np.ndarray]) -> list[tuple[str, int, float]]:
+    """For each column of `reference` (N stimuli × T target responses), the (layer, unit, Pearson r) of the
+    candidate unit (a column of some layer's N × K responses) whose responses correlate best with it; constant
+    columns never match."""
+    def standardised(responses: np.ndarray) -> np.ndarray:
+        responses = np.asarray(responses, dtype=np.float64)
+        centred = responses - responses.mean(axis=0)
+        spread = np.sqrt((centred**2).mean(axis=0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(spread > 0, centred / spread, np.nan)
+
+    target = standardised(reference)
+    best = [("", -1, -np.inf)] * target.shape[1]
+    for layer, responses in candidates.items():
+        r = np.nan_to_num(target.T @ standardised(responses) / len(target), nan=-np.inf)
+        for column, unit in enumerate(r.argmax(axis=1)):
+            if r[column, unit] > best[column][2]:
+                best[column] = (layer, int(unit), float(r[column, unit]))
+    return best

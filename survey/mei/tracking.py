@@ -1,5 +1,6 @@
 """MEI runs in MLflow (DESIGN §5.5): one parent run per MEI stage run, one nested child per (target, method, seed),
-logged through one `MlflowClient` with explicit run ids (the fluent API is not thread-safe).
+and one run per trained diffusion prior, logged through one `MlflowClient` with explicit run ids (the fluent API is
+not thread-safe).
 
 Every run carries the key of what it logs in the tag `neurosurvey.key`; a key is looked up before a run is created,
 so a stage re-run after a kill reuses the finished runs and replaces the unfinished ones: one active run per key.
@@ -44,8 +45,8 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class MeiTracker:
-    """Get-or-create MLflow runs by key, and log one MEI's record into its child run."""
+class Tracker:
+    """Get-or-create MLflow runs by key; log a finished run's params, metric histories and files."""
 
     def __init__(self, tracking_uri: str, experiment: str = EXPERIMENT, artifact_location: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
@@ -85,11 +86,11 @@ class MeiTracker:
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, status="FINISHED")
 
-    def log_child(self, parent_id: str, key: str, name: str, tags: dict[str, str], params: dict[str, object],
-                  config: dict, history: np.ndarray, image: np.ndarray) -> str:
-        """The finished child run of `key` under `parent_id`: reused when one exists, else created with the params,
-        the config as JSON, `history` (activation per step) as a metric history, the image as PNG and .npy, and
-        finished last (an unfinished one, left by a kill, is deleted and logged again)."""
+    def log_run(self, key: str, name: str, tags: dict[str, str], params: dict[str, object], config: dict,
+                metrics: dict[str, np.ndarray], files: dict[str, bytes], parent_id: str | None = None) -> str:
+        """The finished run of `key` (nested under `parent_id` if given): reused when one exists, else created with
+        the params, the config as config.json, each metric's history (one value per step) and the files as
+        artifacts, and finished last (an unfinished one, left by a kill, is deleted and logged again)."""
         from mlflow.entities import Metric, Param, RunStatus
 
         found = self.find(key)
@@ -97,18 +98,32 @@ class MeiTracker:
             if found.info.status == RunStatus.to_string(RunStatus.FINISHED):
                 return found.info.run_id
             self.client.delete_run(found.info.run_id)
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={KEY_TAG: key, "mlflow.parentRunId": parent_id, **tags})
+        nested = {"mlflow.parentRunId": parent_id} if parent_id else {}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={KEY_TAG: key, **nested, **tags})
         run_id = run.info.run_id
         now = int(time.time() * 1000)
-        metrics = [Metric("activation", float(value), now, step) for step, value in enumerate(history)]
-        for start in range(0, len(metrics), 1000):  # the tracking API takes at most 1,000 metrics a batch
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000],
+        entries = [Metric(metric, float(value), now, step)
+                   for metric, history in metrics.items() for step, value in enumerate(history)]
+        batches = range(0, max(len(entries), 1), 1000)  # the tracking API takes at most 1,000 metrics a batch
+        for start in batches:
+            self.client.log_batch(run_id, metrics=entries[start:start + 1000],
                                   params=[Param(k, str(v)) for k, v in params.items()] if start == 0 else [])
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-            (Path(folder) / "mei.png").write_bytes(png_bytes(image))
-            np.save(Path(folder) / "mei.npy", image)
+            for filename, data in files.items():
+                (Path(folder) / filename).write_bytes(data)
             self.client.log_artifacts(run_id, folder)
         self.finish(run_id)
         return run_id
+
+    def log_mei(self, parent_id: str, key: str, name: str, tags: dict[str, str], params: dict[str, object],
+                config: dict, history: np.ndarray, image: np.ndarray,
+                scores: dict[str, float | None] | None = None) -> str:
+        """One MEI's child run: `history` (activation per step) as the metric ``activation``, each of `scores` that
+        is not None as a one-value metric (its activation on other models), the image as PNG and .npy."""
+        buffer = io.BytesIO()
+        np.save(buffer, image)
+        metrics = {"activation": history, **{name: [value] for name, value in (scores or {}).items()
+                                            if value is not None}}
+        return self.log_run(key, name, tags, params, config, metrics,
+                            {"mei.png": png_bytes(image), "mei.npy": buffer.getvalue()}, parent_id)

@@ -21,6 +21,7 @@ from survey.stages.distances import DistancesStage
 from survey.stages.mei import MeiStage
 from survey.stages.networks import NetworksStage
 from survey.stages.predictivity import PredictivityStage
+from survey.stages.prior import PriorStage
 from survey.stages.sessions import SessionsStage
 from survey.stages.spaces import SpacesStage
 from survey.stages.stimuli import StimuliStage
@@ -46,7 +47,7 @@ def stage_order(stages: list[type[Stage]]) -> tuple[str, ...]:
 
 
 _CLASSES = [StimuliStage, NetworksStage, SessionsStage, ActivationsStage, DistancesStage, CapacityStage, TopologyStage,
-            PredictivityStage, SpacesStage, MeiStage]
+            PredictivityStage, SpacesStage, PriorStage, MeiStage]
 STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in _CLASSES}
 STAGE_ORDER = stage_order(_CLASSES)
 assert set(STAGES) == set(STAGE_NAMES)

@@ -1,6 +1,7 @@
-"""Stage `mei`: most exciting inputs of network units and recorded neurons by gradient ascent → `mei_runs`, each
-(target, seed) a nested MLflow run (DESIGN §5.5). One unit of work is one target group (a layer's units, or an
-area's neurons through one encoding model), all its targets and seeds optimised in one batch."""
+"""Stage `mei`: most exciting inputs of network units and recorded neurons by gradient ascent (GA) and energy-guided
+diffusion (EGG) → `mei_runs`, each (target, method, seed) a nested MLflow run (DESIGN §5.5). One unit of work is one
+target group (a layer's units, or an area's neurons through one encoding model) under one method, all its targets and
+seeds optimised in one batch, then scored on the evaluation models (`evaluation_models`)."""
 
 from __future__ import annotations
 
@@ -15,21 +16,21 @@ from survey.config import ActivationsConfig, MeiTargets
 from survey.errors import SurveyError
 from survey.hashing import content_key
 from survey.mei.ascent import best_of_seeds, gradient_ascent, project_to_norm
-from survey.mei.targets import EncodingModel, LayerResponses, RowTargets
-from survey.mei.tracking import MeiTracker, default_tracking_uri
+from survey.mei.egg import Adapter, NonFiniteEnergyError, energy_guided_diffusion
+from survey.mei.targets import EncodingModel, LayerResponses, RowTargets, closest_units
+from survey.mei.tracking import Tracker, default_tracking_uri
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 from survey.stages.networks import load_network
 from survey.stages.predictivity import load_readout
+from survey.stages.prior import load_prior, prior_identity
 from survey.stages.stimuli import catalog_stimulus_sets, load_images
 from survey.stimuli import NaturalPatches
 from survey.validation import resolve_device
 
-METHOD = "ga"
-
 
 @lru_cache(maxsize=2)
-def _tracker(tracking_uri: str, experiment: str) -> MeiTracker:
-    return MeiTracker(tracking_uri, experiment)
+def _tracker(tracking_uri: str, experiment: str) -> Tracker:
+    return Tracker(tracking_uri, experiment)
 
 
 def grey_and_norm(images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -126,11 +127,94 @@ def load_targets(warehouse: Warehouse, group: MeiTargets, grey: list[float]) -> 
     return _responses(resolve_targets(group, target_catalog(warehouse)), warehouse, grey)
 
 
+def _architecture(network: dict) -> str:
+    """What makes two networks the same architecture: their spec (cell, or kind/target/kwargs)."""
+    return network["spec"]
+
+
+def evaluation_models(group: dict, catalog: dict[str, list[dict]]) -> dict[str, dict | None]:
+    """The models a group's MEIs are also scored on (Pierzchlewicz et al. 2023, §4): `family`, another seed of the
+    network's architecture with its objective, and `cross`, a network of another architecture. For neurons, each is
+    the area's best encoding model on that network (cross: the best over all other architectures, its median
+    corrected r as `match`); for units, the layer is left to the run, which picks each target's closest unit
+    (`closest_units`). None where the catalog holds no such model."""
+    network = group["network"]
+    siblings = sorted((row for row in catalog["networks"] if row["network_id"] != network["network_id"]
+                       and _architecture(row) == _architecture(network) and row["objective"] == network["objective"]),
+                      key=lambda row: row["name"])
+    others = {row["network_id"]: row for row in catalog["networks"] if _architecture(row) != _architecture(network)}
+    if group["session"] is None:
+        ranked = sorted(others.values(), key=lambda row: (row["objective"] != network["objective"],
+                                                          -(row["test_accuracy"] or -1.0), row["name"]))
+        return {"family": {"network": siblings[0], "layer": None} if siblings else None,
+                "cross": {"network": ranked[0], "layer": None} if ranked else None}
+
+    def encoding_model(network_id: str, layer: str = "best") -> dict | None:
+        try:
+            return resolve_targets(MeiTargets(network=network_id, layer=layer, units=group["targets"],
+                                              session=group["session"], area=group["area"]), catalog)
+        except SurveyError:  # no encoding model of this area on that network
+            return None
+
+    family = next((model for row in siblings if (model := encoding_model(row["network_id"])) is not None), None)
+    fits = [row for row in catalog["predictivity"] if row["network_id"] in others and row["status"] == "ok"
+            and row["session_id"] == group["session"] and row["area"] == group["area"]
+            and row["median_corrected"] is not None]
+    cross = None
+    if fits:
+        best = max(fits, key=lambda row: (row["median_corrected"], row["network_id"]))
+        cross = {**encoding_model(best["network_id"], best["layer"]), "match": best["median_corrected"]}
+    return {"family": family, "cross": cross}
+
+
+def _evaluator_scores(evaluator: dict | None, images: torch.Tensor, targets: list[int],
+                      target_responses: dict[int, np.ndarray], stimuli: torch.Tensor, warehouse: Warehouse,
+                      grey: list[float], device: torch.device) -> dict[str, list]:
+    """Per image (target `targets[b]`): the evaluator's network, layer, target and match, and the image's activation
+    there. For units the target is the evaluator's closest unit over its layers (responses to `stimuli`, against each
+    target's own `target_responses`)."""
+    blank = [None] * len(images)
+    if evaluator is None:
+        return {"network_id": blank, "layer": blank, "target": blank, "match": blank, "activation": blank}
+    network = evaluator["network"]
+    if evaluator["layer"] is None:  # units: each target's closest unit over the evaluator's layers
+        module, preprocessing = load_network(network, warehouse)
+        offset = torch.tensor(grey, dtype=torch.float32)
+        layers = {layer: LayerResponses(module, layer, preprocessing, offset).to(device)
+                  for layer in network["layers"]}
+        with torch.no_grad():
+            candidates = {}
+            for layer, responses in layers.items():
+                try:
+                    candidates[layer] = responses(stimuli).cpu().numpy()
+                except SurveyError:  # neither units nor channel maps: not a layer a unit can be matched in
+                    continue
+        unique = sorted(target_responses)
+        reference = np.stack([target_responses[target] for target in unique], axis=1)
+        matches = dict(zip(unique, closest_units(reference, candidates), strict=True))
+        chosen = [matches[target] for target in targets]
+        activation = torch.empty(len(images))
+        with torch.no_grad():
+            for layer in {layer for layer, _, _ in chosen}:
+                rows = [b for b, (name, _, _) in enumerate(chosen) if name == layer]
+                output = layers[layer](images[rows])
+                activation[rows] = output[torch.arange(len(rows)), [chosen[b][1] for b in rows]].cpu()
+        return {"network_id": [network["network_id"]] * len(images), "layer": [layer for layer, _, _ in chosen],
+                "target": [unit for _, unit, _ in chosen], "match": [r for _, _, r in chosen],
+                "activation": activation.tolist()}
+    with torch.no_grad():
+        activation = RowTargets(_responses(evaluator, warehouse, grey), targets).to(device)(images).cpu()
+    return {"network_id": [network["network_id"]] * len(images), "layer": [evaluator["layer"]] * len(images),
+            "target": list(targets), "match": [evaluator.get("match")] * len(images),
+            "activation": activation.tolist()}
+
+
 class MeiStage(Stage):
     name = "mei"
     section = "mei"
     table = "mei_runs"
-    reads = ("networks", "representations", "predictivity", "stimulus_sets")
+    reads = ("networks", "representations", "predictivity", "stimulus_sets", "priors")
+    version = 2
 
     def check(self) -> None:
         if self.options.targets_sql is not None:
@@ -139,6 +223,15 @@ class MeiStage(Stage):
     def tracking_uri(self, warehouse: Warehouse) -> str:
         return self.options.mlflow_uri or default_tracking_uri(warehouse.uri)
 
+    def method_recipe(self, method: str) -> dict:
+        """The settings one method's MEIs depend on."""
+        settings = self.options
+        common = settings.model_dump(mode="json", include={"seeds", "norm", "natural_patches", "evaluate"})
+        if method == "egg":
+            return {**common, **settings.egg.model_dump(mode="json", exclude={"prior"})}
+        return {**common, **settings.model_dump(mode="json", include={"steps", "lr", "blur_sigma", "jitter",
+                                                                      "fourier"})}
+
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         settings = self.options
         stimset = next(iter(catalog_stimulus_sets(warehouse, (settings.stimuli,), "mei.stimuli").values()))
@@ -146,7 +239,6 @@ class MeiStage(Stage):
         grey, norm = grey_and_norm(images)
         norm = settings.norm or norm
         catalog = target_catalog(warehouse)
-        recipe = settings.model_dump(exclude={"targets", "mlflow_uri", "experiment", "device"})
         groups = [resolve_targets(group, catalog)
                   for group in (*settings.targets, *targets_from_sql(warehouse, settings.targets_sql))]
         shape = list(images.shape[1:])
@@ -157,62 +249,108 @@ class MeiStage(Stage):
                 raise SurveyError(f"mei.targets: {group['network']['name']} {group['layer']} has "
                                   f"{responses.shape[1]} {'neurons' if group['session'] else 'units'}; pick indices "
                                   f"below {responses.shape[1]}")
-        keys = [content_key("mei", group["network"]["content_hash"], group["layer"], group["readout_uri"],
-                            list(group["targets"]), stimset["content_hash"], recipe, self.version) for group in groups]
-        parent = None  # the stage run's MLflow parent, made here (once) only when something will run under it
-        if set(keys) - warehouse.done_keys(self.table):
-            parent = _tracker(self.tracking_uri(warehouse), settings.experiment).parent(
-                f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
+        prior = (prior_identity(warehouse, settings.egg.prior, shape[-1]) if "egg" in settings.methods else None)
         units = []
-        for key, group in zip(keys, groups, strict=True):
+        for group in groups:
+            evaluators = evaluation_models(group, catalog) if settings.evaluate else {"family": None, "cross": None}
             label = f"{group['network']['name']} {group['layer']}"
             if group["session"]:
                 label = f"{group['session']} {group['area']} via {label}"
-            units.append(WorkUnit(key, label, {**group, "stimset_id": stimset["stimset_id"], "grey": grey.tolist(),
-                                               "norm": norm, "shape": shape, "parent": parent}))
+            for method in settings.methods:
+                key = content_key("mei", group["network"]["content_hash"], group["layer"], group["readout_uri"],
+                                  list(group["targets"]), stimset["content_hash"], method, self.method_recipe(method),
+                                  prior["content"] if method == "egg" else None,
+                                  [(model["network"]["content_hash"], model["layer"], model.get("readout_uri"))
+                                   if model else None for model in evaluators.values()], self.version)
+                units.append(WorkUnit(key, f"{method} · {label}", {
+                    **group, **evaluators, "method": method, "prior": prior if method == "egg" else None,
+                    "stimset_id": stimset["stimset_id"], "stimset_uri": stimset["uri"], "grey": grey.tolist(),
+                    "norm": norm, "shape": shape}))
+        if {unit.key for unit in units} - warehouse.done_keys(self.table):  # the run's MLflow parent, made once
+            parent = _tracker(self.tracking_uri(warehouse), settings.experiment).parent(
+                f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
+            units = [WorkUnit(unit.key, unit.label, {**unit.payload, "parent": parent}) for unit in units]
         return units
 
+    def optimise(self, objective: torch.nn.Module, unit: WorkUnit, warehouse: Warehouse, device: torch.device,
+                 targets: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Images, final activations, activation per step and seconds of one unit's MEIs by its method."""
+        settings, payload = self.options, unit.payload
+        generator = torch.Generator(device).manual_seed(int(unit.key.rsplit("-", 1)[-1][:15], 16))  # from the key
+        shape, n_images = tuple(payload["shape"]), len(targets) * len(settings.seeds)
+        if payload["method"] == "ga":
+            result = gradient_ascent(objective, n_images, shape, norm=payload["norm"], generator=generator,
+                                     steps=settings.steps, lr=settings.lr, blur_sigma=settings.blur_sigma,
+                                     jitter=settings.jitter, fourier=settings.fourier, device=device)
+            return result.images, result.activation, result.history, result.seconds
+        prior = load_prior(warehouse, payload["prior"], device)
+        try:
+            result = energy_guided_diffusion(lambda images: -objective(images), prior, n_images,
+                                              adapt=Adapter(shape, payload["norm"]), generator=generator,
+                                              steps=settings.egg.steps, energy_scale=settings.egg.energy_scale,
+                                              device=device)
+        except NonFiniteEnergyError as error:
+            seeds = len(settings.seeds)
+            bad = sorted({targets[image // seeds] for image in error.images})
+            raise SurveyError(f"mei: {unit.label}: targets {bad} get a non-finite energy at diffusion timestep "
+                              f"{error.timestep}; their model returns NaN or inf there: check it (no row was "
+                              "written for this group)") from None
+        return result.images, -result.energy, -result.history, result.seconds
+
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
-        settings = self.config.mei
+        settings = self.options
         payload = unit.payload
         device = resolve_device(settings.device)
         grey = torch.tensor(payload["grey"], dtype=torch.float32)
         responses = _responses(payload, warehouse, payload["grey"])
         seeds, targets = list(settings.seeds), list(payload["targets"])
-        objective = RowTargets(responses, [t for t in targets for _ in seeds]).to(device)
-        generator = torch.Generator(device).manual_seed(int(unit.key.rsplit("-", 1)[-1][:15], 16))  # from the key
+        per_image = [t for t in targets for _ in seeds]
+        objective = RowTargets(responses, per_image).to(device)
+        shape = tuple(payload["shape"])
         with torch_threads(info.threads):
-            result = gradient_ascent(objective, len(targets) * len(seeds), tuple(payload["shape"]),
-                                     norm=payload["norm"], generator=generator, steps=settings.steps, lr=settings.lr,
-                                     blur_sigma=settings.blur_sigma, jitter=settings.jitter,
-                                     fourier=settings.fourier, device=device)
-            natural = (natural_baseline(responses.to(device), tuple(payload["shape"]), grey, payload["norm"],
+            images, activation, history, seconds = self.optimise(objective, unit, warehouse, device, targets)
+            natural = (natural_baseline(responses.to(device), shape, grey, payload["norm"],
                                         settings.natural_patches, device) if settings.natural_patches else None)
-        best = set(best_of_seeds(result.activation, len(seeds)).tolist())
+            stimuli = torch.from_numpy(load_images(warehouse.uri, payload["stimset_uri"])
+                                       - grey.numpy()[None, :, None, None]).to(device)
+            with torch.no_grad():
+                target_responses = dict(zip(targets, responses(stimuli)[:, targets].T.cpu().numpy(), strict=True))
+            scores = {name: _evaluator_scores(payload[name], images, per_image, target_responses, stimuli, warehouse,
+                                              payload["grey"], device) for name in ("family", "cross")}
+        best = set(best_of_seeds(activation, len(seeds)).tolist())
         tracker = _tracker(self.tracking_uri(warehouse), settings.experiment)
         kind = "unit" if payload["readout_uri"] is None else "neuron"
-        config = {**settings.model_dump(mode="json", exclude={"targets"}), "norm": payload["norm"]}
+        method = payload["method"]
+        egg = method == "egg"
+        steps = settings.egg.steps if egg else settings.steps
+        config = {**settings.model_dump(mode="json", exclude={"targets"}), "norm": payload["norm"], "method": method}
+        params = ({"steps": steps, "energy_scale": settings.egg.energy_scale, "prior": payload["prior"]["prior_id"]}
+                  if egg else {"steps": steps, "lr": settings.lr, "blur_sigma": settings.blur_sigma})
         rows = []
-        for row, image in enumerate(result.images.cpu().numpy()):
-            target, seed = targets[row // len(seeds)], seeds[row % len(seeds)]
+        for row, image in enumerate(images.detach().cpu().numpy()):
+            target, seed = per_image[row], seeds[row % len(seeds)]
+            evaluated = {f"{name}_{field}": values[row] for name, fields in scores.items()
+                         for field, values in fields.items()}
             tags = {"network": payload["network"]["name"], "network_id": payload["network"]["network_id"],
-                    "layer": payload["layer"], "target_kind": kind, "target": str(target)}
+                    "layer": payload["layer"], "target_kind": kind, "target": str(target), "method": method}
             if payload["session"]:
                 tags |= {"session": payload["session"], "area": payload["area"]}
-            run_id = tracker.log_child(payload["parent"], content_key("mei-run", unit.key, target, METHOD, seed),
-                                       f"{kind} {target} · {payload['layer']} · seed {seed}", tags,
-                                       {"method": METHOD, "seed": seed, "steps": settings.steps, "lr": settings.lr,
-                                        "blur_sigma": settings.blur_sigma, "norm": payload["norm"]},
-                                       config, result.history[:, row].numpy(), image)
+            run_id = tracker.log_mei(payload["parent"], content_key("mei-run", unit.key, target, method, seed),
+                                     f"{method} · {kind} {target} · {payload['layer']} · seed {seed}", tags,
+                                     {"method": method, "seed": seed, "norm": payload["norm"], **params}, config,
+                                     history[:, row].numpy(), image,
+                                     {"family_activation": evaluated["family_activation"],
+                                      "cross_activation": evaluated["cross_activation"]})
             rows.append({
                 "target_kind": kind, "network_id": payload["network"]["network_id"], "layer": payload["layer"],
                 "session_id": payload["session"], "area": payload["area"], "target": target,
-                "stimset_id": payload["stimset_id"], "method": METHOD, "seed": seed, "is_best": row in best,
-                "norm": payload["norm"], "steps": settings.steps, "activation": float(result.activation[row]),
+                "stimset_id": payload["stimset_id"], "method": method, "seed": seed, "is_best": row in best,
+                "norm": payload["norm"], "steps": steps, "energy_scale": settings.egg.energy_scale if egg else None,
+                "prior_id": payload["prior"]["prior_id"] if egg else None,
+                "activation": float(activation[row]), **evaluated,
                 "natural_max": float(natural[target]) if natural is not None else None,
                 "natural_patches": settings.natural_patches,
-                "seconds": result.seconds / len(result.images), "image_uri": warehouse.put_array(image)[0],
+                "seconds": seconds / len(images), "image_uri": warehouse.put_array(image)[0],
                 "readout_uri": payload["readout_uri"], "mlflow_run_id": run_id, **info.provenance(),
             })
         return {self.table: warehouse.append_unit(self.table, unit.key, rows)}
-

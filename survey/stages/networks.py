@@ -44,17 +44,24 @@ class NetworksStage(Stage):
         zoo = self.config.zoo
         if zoo is None:
             return []
+        replicas = zoo.replicas
         units = []
         for index in range(zoo.n_architectures):
             spec = sample_spec(np.random.default_rng([zoo.seed, index]))
             layers = _zoo_layers(spec, zoo.layers, f"zoo{index:03d}")
             seed = zoo.seed * 100_003 + index
-            for objective in zoo.objectives:
+            runs = [(objective, 0) for objective in zoo.objectives]
+            if replicas is not None and index < replicas.architectures:
+                runs += [(objective, k) for objective in replicas.objectives for k in range(1, replicas.seeds + 1)]
+            for objective, replica in runs:
+                # replica k of an architecture trains from seed + k · 7,919 (a prime well past the architectures)
+                replica_seed = seed + replica * 7_919
                 # untrained nets depend on the training config too: their linear probe is fitted on the task
                 key = content_key("net", spec.model_dump(mode="json"), objective, zoo.train.model_dump(mode="json"),
-                                  seed, self.version)
-                payload = {"spec": spec, "objective": objective, "seed": seed, "layers": layers}
-                units.append(WorkUnit(key, f"zoo{index:03d}-{objective}", payload))
+                                  replica_seed, self.version)
+                payload = {"spec": spec, "objective": objective, "seed": replica_seed, "layers": layers}
+                name = f"zoo{index:03d}-{objective}" + (f"-s{replica}" if replica else "")
+                units.append(WorkUnit(key, name, payload))
         return units
 
     def _external_unit(self, network: ExternalNetwork) -> WorkUnit:

@@ -1,0 +1,147 @@
+"""EGG (survey.mei.egg) and its diffusion prior (survey.mei.prior): the guidance gradient against finite differences,
+unguided sampling against diffusers' own DDPM sampler, a trained prior's power spectrum against its patches', a
+reconstruction against noise, and priors that cannot load."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from survey.errors import SurveyError
+from survey.mei.egg import Adapter, NonFiniteEnergyError, energy_guided_diffusion, guidance, sampling_steps
+from survey.mei.prior import (
+    diffusers_prior,
+    grayscale_patches,
+    load_diffusers_prior,
+    radial_power_slope,
+    save_prior,
+    train_prior,
+    unet_config,
+)
+
+
+def random_prior(size: int = 8, dtype: torch.dtype = torch.float32, clip: bool = False):
+    torch.manual_seed(0)
+    unet = UNet2DModel(**unet_config(size, 1, (8, 16))).to(dtype).eval().requires_grad_(False)
+    return diffusers_prior(unet, dict(DDPMScheduler(num_train_timesteps=1000, clip_sample=clip).config))
+
+
+def linear_energy(shape: tuple[int, int, int], seed: int = 1):
+    weights = torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return lambda images: -(images * weights.to(images.dtype)).flatten(1).sum(1) - images.pow(3).flatten(1).sum(1)
+
+
+def test_the_guidance_gradient_is_the_energys_derivative_through_one_sampling_step():
+    prior = random_prior(dtype=torch.float64)
+    adapt = Adapter((3, 12, 12), norm=5.0)  # resized, grey → RGB, projected: all inside the derivative
+    energy = linear_energy((3, 12, 12))
+    for step in sampling_steps(prior, 10)[::3]:
+        noisy = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(step.timestep), dtype=torch.float64)
+        _, values, gradient = guidance(prior, step, noisy, energy, adapt)
+
+        def total(x: torch.Tensor, step=step) -> float:
+            t = torch.full((len(x),), step.timestep)
+            return float(energy(adapt(step.predict_clean(x, prior.denoiser(x, t)))).sum())
+
+        for seed in range(3):
+            direction = torch.randn(noisy.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            h = 1e-5
+            numeric = (total(noisy + h * direction) - total(noisy - h * direction)) / (2 * h)
+            assert float((gradient * direction).sum()) == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+        assert float(values.sum()) == pytest.approx(total(noisy), rel=1e-12)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_with_no_energy_egg_samples_exactly_what_diffusers_ddpm_sampler_does(clip):
+    prior = random_prior(clip=clip)
+    ours = energy_guided_diffusion(linear_energy((1, 8, 8)), prior, 4, adapt=lambda x: x, steps=20, energy_scale=0.0,
+                                   generator=torch.Generator().manual_seed(7))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=clip)
+    scheduler.set_timesteps(20)
+    generator = torch.Generator().manual_seed(7)
+    sample = torch.randn((4, 1, 8, 8), generator=generator)
+    for t in scheduler.timesteps:
+        noise = prior.denoiser(sample, torch.full((4,), int(t)))
+        sample = scheduler.step(noise, t, sample, generator=generator).prev_sample
+    np.testing.assert_allclose(ours.images.numpy(), sample.numpy(), rtol=1e-4, atol=1e-5)
+    assert ours.history.shape == (20, 4)
+
+
+def test_guidance_lowers_the_energy_and_scale_zero_leaves_the_statistics_of_plain_samples():
+    prior = random_prior()
+    energy = linear_energy((1, 8, 8))
+    runs = {scale: energy_guided_diffusion(energy, prior, 64, adapt=lambda x: x, steps=25, energy_scale=scale,
+                                           generator=torch.Generator().manual_seed(3)) for scale in (0.0, 1.0)}
+    assert float(runs[1.0].energy.mean()) < float(runs[0.0].energy.mean())
+    plain = energy_guided_diffusion(lambda x: x.new_zeros(len(x)), prior, 64, adapt=lambda x: x, steps=25,
+                                    energy_scale=0.0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(runs[0.0].images, plain.images)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    patches = grayscale_patches(4000, 16, seed=0)
+    return patches, train_prior(patches, steps=1500, seed=0)
+
+
+def test_a_trained_prior_makes_images_with_the_power_spectrum_of_its_patches(trained):
+    patches, prior = trained
+    samples = energy_guided_diffusion(lambda x: x.new_zeros(len(x)), prior.prior(), 128, adapt=lambda x: x,
+                                      energy_scale=0.0, generator=torch.Generator().manual_seed(0)).images
+    noise = np.random.default_rng(0).standard_normal((128, 16, 16))
+    slopes = {"patches": radial_power_slope(patches[:512, 0]), "samples": radial_power_slope(samples[:, 0].numpy()),
+              "white noise": radial_power_slope(noise)}
+    print("radial power spectrum slopes:", {k: round(v, 2) for k, v in slopes.items()})
+    assert abs(slopes["samples"] - slopes["patches"]) <= 0.3
+    assert abs(slopes["white noise"]) < 0.3 and slopes["patches"] < -1.5
+    assert prior.losses[-100:].mean() < 0.5 * prior.losses[:100].mean()
+
+
+def test_egg_reconstructs_a_held_out_image_from_its_responses_better_than_noise(trained):
+    _, prior = trained
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 5, stride=2), torch.nn.ReLU(), torch.nn.Flatten())
+    image = torch.from_numpy(grayscale_patches(40, 16, seed=99)[-1:])  # a patch the prior never saw
+    adapt = Adapter((1, 16, 16), norm=float(image.norm()))
+    target = model(adapt(image)).detach()
+
+    def energy(images):
+        return ((model(images) - target) ** 2).mean(dim=1)
+
+    result = energy_guided_diffusion(energy, prior.prior(), 4, adapt=adapt, steps=50, energy_scale=2.0,
+                                     generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((200, 1, 16, 16), generator=torch.Generator().manual_seed(1))
+
+    def correlation(images):
+        centred = images.flatten(1) - images.flatten(1).mean(1, keepdim=True)
+        reference = image.flatten() - image.mean()
+        return (centred @ reference) / (centred.norm(dim=1) * reference.norm())
+
+    egg, baseline = correlation(result.images), correlation(noise)
+    print(f"reconstruction r with the image: EGG {egg.mean():.3f} (each {egg.numpy().round(3)}), "
+          f"noise {baseline.mean():.3f} ± {baseline.std():.3f}")
+    assert float(egg.min()) > float(baseline.mean() + 3 * baseline.std())
+
+
+def test_a_saved_prior_loads_offline_and_a_folder_missing_files_is_named(trained, tmp_path):
+    _, prior = trained
+    save_prior(prior.unet, prior.scheduler_config, tmp_path / "prior")
+    loaded = load_diffusers_prior(tmp_path / "prior")
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 500])
+    torch.testing.assert_close(loaded.denoiser(x, t), prior.prior().denoiser(x, t))
+    torch.testing.assert_close(loaded.alphas_cumprod, prior.prior().alphas_cumprod)
+    (tmp_path / "prior" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(SurveyError, match=r"lacks unet/diffusion_pytorch_model\.safetensors") as error:
+        load_diffusers_prior(tmp_path / "prior")
+    assert "\n" not in str(error.value)
+
+
+def test_a_nan_energy_is_named_by_image_and_timestep():
+    def energy(images):
+        values = images.flatten(1).sum(1)
+        return torch.where(torch.arange(len(images)) == 1, torch.nan, values)
+
+    with pytest.raises(NonFiniteEnergyError, match=r"not finite for images \[1\] at timestep 990") as error:
+        energy_guided_diffusion(energy, random_prior(), 3, adapt=lambda x: x, steps=100,
+                                generator=torch.Generator().manual_seed(0))
+    assert error.value.images == [1]
