@@ -8,6 +8,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from survey.errors import SurveyError
+from survey.mei.comparison import paired_comparison
 from survey.mei.egg import Adapter, NonFiniteEnergyError, energy_guided_diffusion, guidance, sampling_steps
 from survey.mei.prior import (
     diffusers_prior,
@@ -20,10 +21,14 @@ from survey.mei.prior import (
 )
 
 
-def random_prior(size: int = 8, dtype: torch.dtype = torch.float32, clip: bool = False):
+LIMITS = {"none": {"clip_sample": False}, "clip": {"clip_sample": True},
+          "dynamic": {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.0}}
+
+
+def random_prior(size: int = 8, dtype: torch.dtype = torch.float32, limit: str = "none"):
     torch.manual_seed(0)
     unet = UNet2DModel(**unet_config(size, 1, (8, 16))).to(dtype).eval().requires_grad_(False)
-    return diffusers_prior(unet, dict(DDPMScheduler(num_train_timesteps=1000, clip_sample=clip).config))
+    return diffusers_prior(unet, dict(DDPMScheduler(num_train_timesteps=1000, **LIMITS[limit]).config))
 
 
 def linear_energy(shape: tuple[int, int, int], seed: int = 1):
@@ -31,8 +36,9 @@ def linear_energy(shape: tuple[int, int, int], seed: int = 1):
     return lambda images: -(images * weights.to(images.dtype)).flatten(1).sum(1) - images.pow(3).flatten(1).sum(1)
 
 
-def test_the_guidance_gradient_is_the_energys_derivative_through_one_sampling_step():
-    prior = random_prior(dtype=torch.float64)
+@pytest.mark.parametrize("limit", ["none", "dynamic"])
+def test_the_guidance_gradient_is_the_energys_derivative_through_one_sampling_step(limit):
+    prior = random_prior(dtype=torch.float64, limit=limit)
     adapt = Adapter((3, 12, 12), norm=5.0)  # resized, grey → RGB, projected: all inside the derivative
     energy = linear_energy((3, 12, 12))
     for step in sampling_steps(prior, 10)[::3]:
@@ -41,7 +47,7 @@ def test_the_guidance_gradient_is_the_energys_derivative_through_one_sampling_st
 
         def total(x: torch.Tensor, step=step) -> float:
             t = torch.full((len(x),), step.timestep)
-            return float(energy(adapt(step.predict_clean(x, prior.denoiser(x, t)))).sum())
+            return float(energy(adapt(prior.threshold(step.predict_clean(x, prior.denoiser(x, t))))).sum())
 
         for seed in range(3):
             direction = torch.randn(noisy.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -51,12 +57,12 @@ def test_the_guidance_gradient_is_the_energys_derivative_through_one_sampling_st
         assert float(values.sum()) == pytest.approx(total(noisy), rel=1e-12)
 
 
-@pytest.mark.parametrize("clip", [False, True])
-def test_with_no_energy_egg_samples_exactly_what_diffusers_ddpm_sampler_does(clip):
-    prior = random_prior(clip=clip)
+@pytest.mark.parametrize("limit", list(LIMITS))
+def test_with_no_energy_egg_samples_exactly_what_diffusers_ddpm_sampler_does(limit):
+    prior = random_prior(limit=limit)
     ours = energy_guided_diffusion(linear_energy((1, 8, 8)), prior, 4, adapt=lambda x: x, steps=20, energy_scale=0.0,
                                    generator=torch.Generator().manual_seed(7))
-    scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=clip)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, **LIMITS[limit])
     scheduler.set_timesteps(20)
     generator = torch.Generator().manual_seed(7)
     sample = torch.randn((4, 1, 8, 8), generator=generator)
@@ -80,16 +86,16 @@ def test_guidance_lowers_the_energy_and_scale_zero_leaves_the_statistics_of_plai
 
 @pytest.fixture(scope="module")
 def trained():
-    patches = grayscale_patches(4000, 16, seed=0)
+    patches = grayscale_patches(20_000, 16, seed=0)
     return patches, train_prior(patches, steps=1500, seed=0)
 
 
 def test_a_trained_prior_makes_images_with_the_power_spectrum_of_its_patches(trained):
     patches, prior = trained
     samples = energy_guided_diffusion(lambda x: x.new_zeros(len(x)), prior.prior(), 128, adapt=lambda x: x,
-                                      energy_scale=0.0, generator=torch.Generator().manual_seed(0)).images
+                                      steps=250, energy_scale=0.0, generator=torch.Generator().manual_seed(0)).images
     noise = np.random.default_rng(0).standard_normal((128, 16, 16))
-    slopes = {"patches": radial_power_slope(patches[:512, 0]), "samples": radial_power_slope(samples[:, 0].numpy()),
+    slopes = {"patches": radial_power_slope(patches[::8, 0]), "samples": radial_power_slope(samples[:, 0].numpy()),
               "white noise": radial_power_slope(noise)}
     print("radial power spectrum slopes:", {k: round(v, 2) for k, v in slopes.items()})
     assert abs(slopes["samples"] - slopes["patches"]) <= 0.3
@@ -145,3 +151,20 @@ def test_a_nan_energy_is_named_by_image_and_timestep():
         energy_guided_diffusion(energy, random_prior(), 3, adapt=lambda x: x, steps=100,
                                 generator=torch.Generator().manual_seed(0))
     assert error.value.images == [1]
+
+
+def test_the_paired_comparison_counts_targets_and_tests_the_differences_by_wilcoxon():
+    from scipy.stats import wilcoxon
+
+    ga = np.array([10.0, 8.0, 5.0, 4.0, -1.0, np.nan, 3.0])
+    egg = np.array([9.0, 6.0, 5.5, 2.0, 1.0, 7.0, 2.9])
+    result = paired_comparison(ga, egg)
+    kept = ~np.isnan(ga)
+    assert result["n"] == 6
+    assert result["ga_mean"] == pytest.approx(ga[kept].mean()) and result["egg_mean"] == pytest.approx(egg[kept].mean())
+    ratios = np.array([0.9, 0.75, 1.1, 0.5, 2.9 / 3.0])  # over targets where GA is positive
+    assert result["median_ratio"] == pytest.approx(np.median(ratios))
+    assert result["at_least_80pct"] == pytest.approx(3 / 5)
+    assert result["egg_wins"] == pytest.approx(2 / 6)
+    assert result["wilcoxon_p"] == pytest.approx(wilcoxon(egg[kept], ga[kept]).pvalue)
+    assert paired_comparison(np.array([np.nan]), np.array([1.0]))["n"] == 0

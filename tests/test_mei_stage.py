@@ -1,7 +1,9 @@
-"""The `mei` stage on a tiny survey: rows and MLflow runs one for one, MEIs that beat natural patches, a rerun after a
-kill that adds no run, and bad targets refused before anything is written."""
+"""The `mei` and `prior` stages on a tiny survey: rows and MLflow runs one for one, MEIs that beat natural patches,
+GA and EGG scored on another seed and another architecture, a rerun after a kill that adds no run, and bad targets,
+priors and energies refused with nothing written."""
 
 import copy
+import json
 import shutil
 
 import numpy as np
@@ -11,12 +13,14 @@ import torch
 from survey.catalog import Warehouse, connect
 from survey.config import MeiTargets, parse_config
 from survey.errors import SurveyError
+from survey.mei.prior import load_diffusers_prior
 from survey.mei.targets import LayerResponses
 from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 from survey.runtime.survey import run_survey
 from survey.stages.mei import grey_and_norm, load_targets
 from survey.stages.networks import load_network
 from survey.stages.predictivity import load_readout
+from survey.stages.prior import load_prior
 from survey.stages.stimuli import load_images
 from survey.stimuli import NaturalPatches
 
@@ -253,3 +257,24 @@ def test_a_prior_folder_missing_files_is_refused_before_anything_is_written(ware
                                           r"scheduler/scheduler_config\.json") as error:
         run_survey(parse_config(config), warehouse, stages=("mei",), progress=False)
     assert "\n" not in str(error.value) and warehouse.delta("mei_runs") is None
+
+
+def test_survey_prior_train_writes_a_diffusers_folder_that_egg_samples_from(warehouse, tmp_path):
+    folder = tmp_path / "prior"
+    result = survey_cli("prior", "train", "-w", str(warehouse.root), "--steps", "20", "--n-patches", "200",
+                        "--out", str(folder), "--executor", "local")
+    assert result.returncode == 0, result.stderr
+    assert "diffusion priors" in result.stdout and f"Written to {folder}" in result.stdout
+    trained = next(row for row in warehouse.rows("priors") if json.loads(row["recipe"])["steps"] == 20)
+    assert len(warehouse.rows("priors")) == 2 and trained["size"] == 32
+    loaded = load_diffusers_prior(folder)
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([3, 700])
+    torch.testing.assert_close(loaded.denoiser(x, t), load_prior(warehouse, {"kind": "catalog", "prior_id":
+                                                                            trained["prior_id"]}, "cpu").denoiser(x, t))
+    network = supervised(warehouse)
+    result = survey_cli("mei", "-w", str(warehouse.root), "--network", network["name"], "--layer",
+                        network["layers"][-2], "--units", "0", "--seeds", "0", "--method", "egg", "--egg-steps", "5",
+                        "--prior", str(folder), "--executor", "local")
+    assert result.returncode == 0, result.stderr
+    assert [(row["method"], row["prior_id"], row["steps"]) for row in warehouse.rows("mei_runs")] == [
+        ("egg", str(folder), 5)]

@@ -7,7 +7,7 @@ import torch
 
 from survey.activations import extract
 from survey.errors import SurveyError
-from survey.mei.targets import EncodingModel, LayerResponses, RowTargets
+from survey.mei.targets import EncodingModel, LayerResponses, RowTargets, closest_units
 from survey.metrics.predictivity import fit_readout
 from survey.sources.zoo import build_network, sample_spec
 
@@ -78,3 +78,21 @@ def test_bad_targets_are_named(network, images):
     readout = fit_readout(np.random.default_rng(0).standard_normal((12, 5)), np.ones((12, 2)))
     with pytest.raises(SurveyError, match="refit the encoding model"):
         EncodingModel(network, "pool", PREPROCESSING, OFFSET, 2, readout)(contrast(images[:1]))
+
+
+def test_closest_units_agree_with_a_brute_force_search_of_correlations():
+    rng = np.random.default_rng(5)
+    reference = rng.standard_normal((40, 3))
+    candidates = {"a": rng.standard_normal((40, 6)), "b": rng.standard_normal((40, 4))}
+    candidates["b"][:, 2] = 3 * reference[:, 1] + 0.1 * rng.standard_normal(40)  # a near copy of target 1
+    candidates["a"][:, 0] = 1.0  # constant: never a match
+    expected = []
+    for column in range(3):
+        scores = [(layer, unit, np.corrcoef(reference[:, column], responses[:, unit])[0, 1])
+                  for layer, responses in candidates.items() for unit in range(responses.shape[1])
+                  if responses[:, unit].std() > 0]
+        expected.append(max(scores, key=lambda score: score[2]))
+    found = closest_units(reference, candidates)
+    assert [(layer, unit) for layer, unit, _ in found] == [(layer, unit) for layer, unit, _ in expected]
+    np.testing.assert_allclose([r for *_, r in found], [r for *_, r in expected], rtol=1e-12)
+    assert found[1][:2] == ("b", 2) and found[1][2] > 0.99

@@ -290,3 +290,22 @@ def test_timm_network():
     with pytest.raises(SurveyError) as excinfo:
         build_external("timm", "resnet_nope")
     one_line_error(excinfo, "'resnet_nope'")
+
+
+def test_replicas_train_more_seeds_of_the_first_architectures_under_their_own_names():
+    from survey.config import parse_config
+    from survey.stages.networks import NetworksStage
+
+    zoo = {"n_architectures": 3, "objectives": ["supervised", "untrained"],
+           "replicas": {"architectures": 2, "objectives": ["supervised"], "seeds": 2}}
+    units = NetworksStage(parse_config({"zoo": zoo, "stages": ["networks"]})).plan(None)
+    names = [unit.label for unit in units]
+    assert names == ["zoo000-supervised", "zoo000-untrained", "zoo000-supervised-s1", "zoo000-supervised-s2",
+                     "zoo001-supervised", "zoo001-untrained", "zoo001-supervised-s1", "zoo001-supervised-s2",
+                     "zoo002-supervised", "zoo002-untrained"]
+    by_name = {unit.label: unit for unit in units}
+    assert len({unit.key for unit in units}) == len(units)
+    assert len({(unit.payload["objective"], unit.payload["seed"]) for unit in units}) == len(units)
+    assert by_name["zoo000-supervised-s1"].payload["spec"] == by_name["zoo000-supervised"].payload["spec"]
+    plain = NetworksStage(parse_config({"zoo": {**zoo, "replicas": None}, "stages": ["networks"]})).plan(None)
+    assert {unit.key for unit in plain} < {unit.key for unit in units}  # replicas leave the other networks' keys

@@ -8,8 +8,8 @@ One step from x_t at timestep t to the previous respaced timestep s (ᾱ_s = 1 a
     σ² = β (1 − ᾱ_s) / (1 − ᾱ_t)                                       (the "fixed small" variance)
     g = ∇_{x_t} E(adapt(x̂₀)),   x_s = μ + σ z − energy_scale · g / ‖g‖
 The gradient is normalised per image (the paper's code normalises over its batch, which held one image), so a
-batch of targets samples as each would alone; x̂₀ is clipped only when the prior's scheduler asks for it (the
-paper's code does not clip; diffusers' DDPM scheduler does by default).
+batch of targets samples as each would alone; x̂₀ is clipped or dynamically thresholded when the prior's scheduler
+asks for it (the paper's code does neither; the project's prior thresholds, `survey.mei.prior.train_prior`).
 """
 
 from __future__ import annotations
@@ -104,8 +104,7 @@ def guidance(prior: DiffusionPrior, step: Step, noisy: torch.Tensor, energy: Cal
     noisy = noisy.detach().requires_grad_(True)
     timesteps = torch.full((len(noisy),), step.timestep, device=noisy.device, dtype=torch.long)
     clean = step.predict_clean(noisy, prior.denoiser(noisy, timesteps))
-    if prior.clip is not None:
-        clean = clean.clamp(-prior.clip, prior.clip)
+    clean = prior.threshold(clean)
     values = energy(adapt(clean))
     if not torch.isfinite(values).all():
         raise NonFiniteEnergyError(torch.nonzero(~torch.isfinite(values)).flatten().tolist(), step.timestep)

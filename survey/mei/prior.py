@@ -41,6 +41,19 @@ class DiffusionPrior:
     channels: int
     size: int
     clip: float | None = None  # clip x̂₀ to [−clip, clip] while sampling (diffusers' clip_sample); None: never
+    # dynamic thresholding instead (Saharia et al. 2022, §2.3; diffusers' `thresholding`): this quantile s of |x̂₀|
+    # per image, held to [1, clip], and x̂₀ clipped to [−s, s] then divided by s
+    dynamic_ratio: float | None = None
+
+    def threshold(self, clean: torch.Tensor) -> torch.Tensor:
+        """x̂₀ limited as the prior's scheduler asks: clipped, dynamically thresholded, or left alone."""
+        if self.dynamic_ratio is not None:
+            level = torch.quantile(clean.flatten(1).abs(), self.dynamic_ratio, dim=1)
+            level = level.clamp(1.0, self.clip).view(-1, *[1] * (clean.ndim - 1))
+            return torch.maximum(torch.minimum(clean, level), -level) / level
+        if self.clip is not None:
+            return clean.clamp(-self.clip, self.clip)
+        return clean
 
     def respaced(self, steps: int) -> list[int]:
         """`steps` of the T training timesteps, evenly spaced from 0 and in sampling order (T − T/steps, …, 0): the
@@ -104,8 +117,10 @@ def train_prior(patches: np.ndarray, *, widths: Sequence[int] = (16, 32, 32), st
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DModel(**unet_config(patches.shape[2], patches.shape[1], widths)).to(device).train()
-    scheduler_config = dict(DDPMScheduler(num_train_timesteps=timesteps, beta_schedule="linear",
-                                          clip_sample=False).config)
+    # x̂₀ dynamically thresholded while sampling (Saharia et al. 2022): unlimited, a prior this small drifts out of
+    # range (samples' std 4 against the patches' 0.5 at 32 px), and plain clipping to [−1, 1] over-smooths them
+    scheduler_config = dict(DDPMScheduler(num_train_timesteps=timesteps, beta_schedule="linear", thresholding=True,
+                                          dynamic_thresholding_ratio=0.995, sample_max_value=3.0).config)
     alphas = linear_schedule(timesteps).to(device, torch.float32)
     data = torch.from_numpy(patches).to(device)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -145,9 +160,13 @@ def diffusers_prior(unet: torch.nn.Module, scheduler_config: dict) -> DiffusionP
     if config.in_channels != config.out_channels:
         raise SurveyError(f"the prior's UNet maps {config.in_channels} channels to {config.out_channels}; EGG needs "
                           "ε with the image's channels (a learned variance is not supported)")
-    clip = float(scheduler.config.clip_sample_range) if scheduler.config.clip_sample else None
+    settings = scheduler.config
+    if settings.thresholding:
+        clip, ratio = float(settings.sample_max_value), float(settings.dynamic_thresholding_ratio)
+    else:
+        clip, ratio = (float(settings.clip_sample_range) if settings.clip_sample else None), None
     return DiffusionPrior(denoiser, scheduler.alphas_cumprod.to(torch.float64), config.in_channels,
-                          int(config.sample_size), clip)
+                          int(config.sample_size), clip, ratio)
 
 
 def save_prior(unet: torch.nn.Module, scheduler_config: dict, folder: str | Path) -> None:
@@ -168,7 +187,8 @@ def load_diffusers_prior(folder: str | Path, device: torch.device | str = "cpu")
     if missing:
         raise SurveyError(f"prior folder {folder} lacks {', '.join(missing)}; pass a folder written by "
                           "`survey prior train --out` or diffusers' save_pretrained (unet/ and scheduler/)")
-    unet = UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True, use_safetensors=True)
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet", local_files_only=True, use_safetensors=True,
+                                       low_cpu_mem_usage=False)
     scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
     return diffusers_prior(unet.to(device).eval().requires_grad_(False), dict(scheduler.config))
 

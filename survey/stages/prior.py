@@ -32,6 +32,7 @@ from survey.stages.stimuli import catalog_stimulus_sets
 from survey.validation import resolve_device
 
 N_SAMPLES = 64  # prior samples drawn after training: their spectrum slope is stored, their grid logged
+SAMPLE_STEPS = 250  # … with this many respaced steps (at 100, a small prior's samples come out smoother)
 
 
 def stimulus_size(warehouse: Warehouse, name: str, option: str) -> int:
@@ -78,6 +79,7 @@ class PriorStage(Stage):
                                   seed=settings.seed, device=device)
             samples = energy_guided_diffusion(lambda images: images.new_zeros(len(images)), trained.prior(),
                                               N_SAMPLES, adapt=lambda images: images, energy_scale=0.0,
+                                              steps=SAMPLE_STEPS,
                                               generator=torch.Generator(device).manual_seed(settings.seed),
                                               device=device).images.cpu().numpy()
         with tempfile.TemporaryDirectory() as folder:
@@ -93,7 +95,7 @@ class PriorStage(Stage):
                "n_params": sum(p.numel() for p in trained.unet.parameters()),
                "final_loss": float(trained.losses[-100:].mean()), "seconds": trained.seconds,
                "sample_slope": radial_power_slope(samples[:, 0]),
-               "patch_slope": radial_power_slope(patches[:4 * N_SAMPLES, 0]),
+               "patch_slope": radial_power_slope(patches[::max(1, len(patches) // 1024), 0]),  # from every image
                "weights_uri": weights_uri, "content_hash": digest}
         tracker = Tracker(settings.mlflow_uri or default_tracking_uri(warehouse.uri), settings.experiment)
         row["mlflow_run_id"] = tracker.log_run(
