@@ -226,7 +226,8 @@ def mei(
     sql: Annotated[str | None, typer.Option(
         "--sql", help="Targets by a read-only query returning network, layer, unit (and session, area).")] = None,
     stimset: Annotated[str, typer.Option(help="Stimulus set giving the grey and the norm.")] = "natural",
-    method: Annotated[str, typer.Option(help="Comma-separated methods: ga (gradient ascent), egg (diffusion).")] = (
+    method: Annotated[str, typer.Option(
+        help="Comma-separated methods: ga (gradient ascent), ga_grey (on grey images), egg (diffusion).")] = (
         ",".join(_mei_defaults("methods"))),
     steps: Annotated[int, typer.Option(help="Gradient-ascent steps.")] = _mei_defaults("steps"),
     egg_steps: Annotated[int, typer.Option(help="EGG: respaced diffusion steps.")] = EggConfig().steps,
@@ -276,17 +277,19 @@ def _print_mei_summary(store: Warehouse, mlflow_uri: str | None) -> None:
     from survey.mei.tracking import default_tracking_uri
 
     connection = connect(store)
-    _print_query(connection, "most exciting inputs (best seed per target and method)", """
-        SELECT m.target_kind, n.name AS network, m.layer, m.session_id, m.area, m.target, m.method,
-               round(m.activation, 3) AS activation, round(m.family_activation, 3) AS other_seed,
-               round(m.cross_activation, 3) AS other_architecture, round(m.natural_max, 3) AS best_natural_patch,
-               round(m.seconds, 3) AS seconds, m.mlflow_run_id
+    _print_query(connection, "most exciting inputs: best seed per target and method (mei_runs has the rest)", """
+        SELECT n.name AS network, coalesce(m.area, 'unit') AS area, m.target, m.method,
+               round(m.activation, 2) AS train, round(m.family_activation, 2) AS other_seed,
+               round(m.cross_activation, 2) AS other_arch, round(m.natural_max, 2) AS natural,
+               round(m.seconds, 2) AS seconds
         FROM mei_runs m JOIN networks n USING (network_id) WHERE m.is_best ORDER BY ALL""")
     comparison = compare_methods(connection)
-    if comparison[0]["n"]:
-        _print_table(list(comparison[0]), [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-                                           for row in comparison],
-                     title="GA against EGG, paired by target (best seed each; Wilcoxon signed-rank)")
+    if comparison:
+        columns = {"baseline": "vs", "score": "score", "n": "n", "ga_mean": "base", "egg_mean": "egg",
+                   "median_ratio": "egg/base", "at_least_80pct": "≥0.8", "egg_wins": "wins", "wilcoxon_p": "p"}
+        _print_table(list(columns.values()), [
+            {columns[k]: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in comparison],
+            title="EGG against GA, paired by target: median ratio, share ≥ 80%, share EGG wins, Wilcoxon p")
     uri = mlflow_uri or default_tracking_uri(store.uri)
     console.print(f"\nOpen the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1", soft_wrap=True)
 

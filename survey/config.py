@@ -244,7 +244,9 @@ class MeiConfig(_Strict):
     targets: tuple[MeiTargets, ...] = ()
     # and/or targets by a read-only query over the catalog returning network, layer, unit (and session, area)
     targets_sql: str | None = None
-    methods: tuple[Literal["ga", "egg"], ...] = Field(("ga",), min_length=1)
+    # ga: gradient ascent; ga_grey: the same on grey images (one channel replicated, same norm), the like-for-like
+    # baseline of a grayscale diffusion prior; egg: energy-guided diffusion
+    methods: tuple[Literal["ga", "ga_grey", "egg"], ...] = Field(("ga",), min_length=1)
     seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)  # restarts per target and method; the best is flagged
     steps: int = Field(1000, ge=1)
     lr: float = Field(10.0, gt=0)

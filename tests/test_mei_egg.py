@@ -20,7 +20,6 @@ from survey.mei.prior import (
     unet_config,
 )
 
-
 LIMITS = {"none": {"clip_sample": False}, "clip": {"clip_sample": True},
           "dynamic": {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.0}}
 

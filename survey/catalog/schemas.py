@@ -176,11 +176,11 @@ MEI_RUNS = _schema(  # DESIGN §3, §5.5; one row per (target, method, seed), it
     pa.field("area", pa.string()),
     pa.field("target", pa.int32(), nullable=False),  # unit or channel of the layer, or the neuron's column in its area
     pa.field("stimset_id", pa.string(), nullable=False),  # whose mean image is the grey and whose norm is used
-    pa.field("method", pa.string(), nullable=False),  # ga | egg
+    pa.field("method", pa.string(), nullable=False),  # ga | ga_grey (GA on grey images) | egg
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("is_best", pa.bool_(), nullable=False),  # the target's seed of highest activation (per method)
     pa.field("norm", pa.float64(), nullable=False),  # L2 norm of the image's contrast
-    pa.field("steps", pa.int32(), nullable=False),  # ga: ascent steps; egg: respaced diffusion steps
+    pa.field("steps", pa.int32(), nullable=False),  # ga, ga_grey: ascent steps; egg: respaced diffusion steps
     pa.field("energy_scale", pa.float64()),  # egg only
     pa.field("prior_id", pa.string()),  # egg: the diffusion prior (a priors row, or the folder / callable given)
     pa.field("activation", pa.float64(), nullable=False),  # on the model it was optimised for

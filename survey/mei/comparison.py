@@ -1,5 +1,6 @@
-"""GA against EGG, paired by target (Pierzchlewicz et al. 2023, §4, Table 1): activation on the model the MEI was made
-for, on another seed of its architecture and on another architecture, and the compute per MEI."""
+"""EGG against GA, paired by target (Pierzchlewicz et al. 2023, §4, Table 1): activation on the model the MEI was made
+for, on another seed of its architecture and on another architecture, and the compute per MEI; against GA on colour
+images (`ga`) and on grey ones (`ga_grey`, what a grayscale prior can draw)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ PAIRS_SQL = """
     FROM mei_runs g JOIN mei_runs e
       ON g.network_id = e.network_id AND g.layer = e.layer AND g.target = e.target AND g.stimset_id = e.stimset_id
      AND g.session_id IS NOT DISTINCT FROM e.session_id AND g.area IS NOT DISTINCT FROM e.area
-    WHERE g.method = 'ga' AND e.method = 'egg' AND g.is_best AND e.is_best
+    WHERE g.method = '{baseline}' AND e.method = 'egg' AND g.is_best AND e.is_best
     ORDER BY g.network_id, g.layer, g.session_id, g.area, g.target"""
 
 
@@ -43,13 +44,17 @@ def paired_comparison(baseline: np.ndarray, other: np.ndarray) -> dict[str, floa
     return result
 
 
-def compare_methods(connection) -> list[dict]:  # a duckdb connection over the catalog
-    """One row per score of `SCORES`: GA against EGG over the targets both methods ran on (best seed each)."""
+def compare_methods(connection, baselines: tuple[str, ...] = ("ga", "ga_grey")) -> list[dict]:
+    """One row per baseline method × score of `SCORES`: the baseline (`ga_*` columns) against EGG over the targets
+    both ran on (best seed each); baselines that did not run are left out. `connection`: DuckDB over the catalog."""
     columns = ", ".join(f"g.{column} AS ga_{column}, e.{column} AS egg_{column}" for _, column in SCORES)
-    pairs = connection.execute(PAIRS_SQL.format(columns=columns)).fetchnumpy()
     rows = []
-    for label, column in SCORES:
-        values = [np.ma.filled(np.ma.asarray(pairs[f"{method}_{column}"], dtype=np.float64), np.nan)
-                  for method in ("ga", "egg")]
-        rows.append({"score": label, **paired_comparison(*values)})
+    for baseline in baselines:
+        pairs = connection.execute(PAIRS_SQL.format(columns=columns, baseline=baseline)).fetchnumpy()
+        if not len(pairs["ga_activation"]):
+            continue
+        for label, column in SCORES:
+            values = [np.ma.filled(np.ma.asarray(pairs[f"{method}_{column}"], dtype=np.float64), np.nan)
+                      for method in ("ga", "egg")]
+            rows.append({"baseline": baseline, "score": label, **paired_comparison(*values)})
     return rows

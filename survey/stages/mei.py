@@ -1,11 +1,13 @@
-"""Stage `mei`: most exciting inputs of network units and recorded neurons by gradient ascent (GA) and energy-guided
-diffusion (EGG) → `mei_runs`, each (target, method, seed) a nested MLflow run (DESIGN §5.5). One unit of work is one
-target group (a layer's units, or an area's neurons through one encoding model) under one method, all its targets and
-seeds optimised in one batch, then scored on the evaluation models (`evaluation_models`)."""
+"""Stage `mei`: most exciting inputs of network units and recorded neurons by gradient ascent (GA; `ga_grey`: on grey
+images, the like-for-like baseline of a grayscale prior) and energy-guided diffusion (EGG) → `mei_runs`, each (target,
+method, seed) a nested MLflow run (DESIGN §5.5). One unit of work is one target group (a layer's units, or an area's
+neurons through one encoding model) under one method, all its targets and seeds optimised in one batch, then scored
+on the evaluation models (`evaluation_models`)."""
 
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -22,7 +24,7 @@ from survey.mei.tracking import Tracker, default_tracking_uri
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 from survey.stages.networks import load_network
 from survey.stages.predictivity import load_readout
-from survey.stages.prior import load_prior, prior_identity
+from survey.stages.prior import check_prior, load_prior, prior_identity
 from survey.stages.stimuli import catalog_stimulus_sets, load_images
 from survey.stimuli import NaturalPatches
 from survey.validation import resolve_device
@@ -216,9 +218,11 @@ class MeiStage(Stage):
     reads = ("networks", "representations", "predictivity", "stimulus_sets", "priors")
     version = 2
 
-    def check(self) -> None:
+    def check(self) -> None:  # refused before any stage writes
         if self.options.targets_sql is not None:
-            read_only(self.options.targets_sql, "mei.targets_sql")  # refused before any stage writes
+            read_only(self.options.targets_sql, "mei.targets_sql")
+        if "egg" in self.options.methods and self.options.egg.prior is not None:
+            check_prior(self.options.egg.prior)
 
     def tracking_uri(self, warehouse: Warehouse) -> str:
         return self.options.mlflow_uri or default_tracking_uri(warehouse.uri)
@@ -229,6 +233,7 @@ class MeiStage(Stage):
         common = settings.model_dump(mode="json", include={"seeds", "norm", "natural_patches", "evaluate"})
         if method == "egg":
             return {**common, **settings.egg.model_dump(mode="json", exclude={"prior"})}
+        # ga and ga_grey
         return {**common, **settings.model_dump(mode="json", include={"steps", "lr", "blur_sigma", "jitter",
                                                                       "fourier"})}
 
@@ -278,11 +283,17 @@ class MeiStage(Stage):
         settings, payload = self.options, unit.payload
         generator = torch.Generator(device).manual_seed(int(unit.key.rsplit("-", 1)[-1][:15], 16))  # from the key
         shape, n_images = tuple(payload["shape"]), len(targets) * len(settings.seeds)
-        if payload["method"] == "ga":
-            result = gradient_ascent(objective, n_images, shape, norm=payload["norm"], generator=generator,
+        if payload["method"] in ("ga", "ga_grey"):
+            channels = shape[0] if payload["method"] == "ga_grey" else 1  # grey: one channel, replicated
+
+            def replicated(images: torch.Tensor) -> torch.Tensor:
+                return objective(images.expand(-1, shape[0], -1, -1))
+
+            result = gradient_ascent(replicated, n_images, (shape[0] // channels, *shape[1:]),
+                                     norm=payload["norm"] / math.sqrt(channels), generator=generator,
                                      steps=settings.steps, lr=settings.lr, blur_sigma=settings.blur_sigma,
                                      jitter=settings.jitter, fourier=settings.fourier, device=device)
-            return result.images, result.activation, result.history, result.seconds
+            return result.images.expand(-1, shape[0], -1, -1), result.activation, result.history, result.seconds
         prior = load_prior(warehouse, payload["prior"], device)
         try:
             result = energy_guided_diffusion(lambda images: -objective(images), prior, n_images,

@@ -115,24 +115,28 @@ def catalog_prior(warehouse: Warehouse, size: int) -> dict:
     return min(rows, key=lambda row: (row["size"] != size, -row["size"], row["prior_id"]))
 
 
-def prior_identity(warehouse: Warehouse, spec: str | None, size: int) -> dict:
-    """Where an EGG prior comes from, with a content id for unit keys: a `priors` row (spec None), a local
-    diffusers folder (its weights' hash) or ``module:callable`` (its name). Checked here, before anything runs; a
-    prior of another size is fine (EGG resizes x̂₀ to the stimuli)."""
-    if spec is None:
-        row = catalog_prior(warehouse, size)
-        return {"kind": "catalog", "prior_id": row["prior_id"], "content": row["content_hash"]}
+def check_prior(spec: str) -> dict:
+    """A prior given by the user, loaded once to check it (before anything runs), and its identity: a local diffusers
+    folder (content: its weights' hash) or ``module:callable`` (its name). A prior of another size than the stimuli
+    is fine (EGG resizes x̂₀)."""
     if os.path.isdir(os.path.expanduser(spec)):
         load_diffusers_prior(spec)  # fails now on missing files
         weights = os.path.join(os.path.expanduser(spec), "unet", "diffusion_pytorch_model.safetensors")
-        identity = {"kind": "folder", "prior_id": spec, "content": file_hash(weights)}
-    elif ":" in spec:
+        return {"kind": "folder", "prior_id": spec, "content": file_hash(weights)}
+    if ":" in spec:
         load_prior_callable(spec)
-        identity = {"kind": "callable", "prior_id": spec, "content": spec}
-    else:
-        raise SurveyError(f"mei.egg.prior {spec!r} is neither a folder nor module:callable; pass a local diffusers "
-                          "folder (unet/ and scheduler/), module:callable, or leave it unset for the trained prior")
-    return identity
+        return {"kind": "callable", "prior_id": spec, "content": spec}
+    raise SurveyError(f"mei.egg.prior {spec!r} is neither a folder nor module:callable; pass a local diffusers "
+                      "folder (unet/ and scheduler/), module:callable, or leave it unset for the trained prior")
+
+
+def prior_identity(warehouse: Warehouse, spec: str | None, size: int) -> dict:
+    """Where an EGG prior comes from, with a content id for unit keys: the `priors` row for `size`-pixel stimuli
+    (spec None), or the user's (`check_prior`)."""
+    if spec is None:
+        row = catalog_prior(warehouse, size)
+        return {"kind": "catalog", "prior_id": row["prior_id"], "content": row["content_hash"]}
+    return check_prior(spec)
 
 
 def catalog_unet(warehouse: Warehouse, row: dict) -> torch.nn.Module:
