@@ -43,9 +43,9 @@ def reconstruct(network: torch.nn.Module, layer: str, prior, shape: tuple[int, i
                 steps: int, n_images: int = 4) -> dict:
     """EGG reconstructions of held-out grey natural patches from `layer`'s whole response map (energy: response-space
     MSE): the Pearson r of each with its patch, against 200 white-noise images' r with the same patches."""
-    from survey.mei.prior import grayscale_patches
+    from survey.mei.prior import prior_patches
 
-    patches = torch.from_numpy(grayscale_patches(200, shape[-1], seed=12_345)[-n_images:]).to(device)
+    patches = torch.from_numpy(prior_patches(200, shape[-1], seed=12_345)[-n_images:]).to(device)
     norm = float(patches.flatten(1).norm(dim=1).mean())
     adapt = Adapter(shape, norm)
     model = LayerResponses(network, layer, {"input_size": None, "mean": None, "std": None}, torch.full((3,), 0.5))

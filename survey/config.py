@@ -211,9 +211,10 @@ class MeiTargets(_Strict):
 
 class PriorConfig(_Strict):
     """The project's diffusion prior for EGG (DESIGN §5.5; survey.mei.prior): a small diffusers UNet trained to
-    predict the noise on grayscale patches of the bundled natural images, at the size of a stimulus set's images."""
+    predict the noise on patches of the bundled natural images, at the size of a stimulus set's images."""
 
     stimuli: str = "natural"  # the stimulus set whose image size the prior is trained at
+    channels: Literal[1, 3] = 1  # 1: grayscale patches (the paper's setting); 3: RGB, for models that see colour
     n_patches: int = Field(20_000, ge=1)
     widths: tuple[int, ...] = Field((16, 32, 32), min_length=1)  # UNet channels per level
     steps: int = Field(3000, ge=1)

@@ -12,8 +12,8 @@ from survey.mei.comparison import paired_comparison
 from survey.mei.egg import Adapter, NonFiniteEnergyError, energy_guided_diffusion, guidance, sampling_steps
 from survey.mei.prior import (
     diffusers_prior,
-    grayscale_patches,
     load_diffusers_prior,
+    prior_patches,
     radial_power_slope,
     save_prior,
     train_prior,
@@ -85,7 +85,7 @@ def test_guidance_lowers_the_energy_and_scale_zero_leaves_the_statistics_of_plai
 
 @pytest.fixture(scope="module")
 def trained():
-    patches = grayscale_patches(20_000, 16, seed=0)
+    patches = prior_patches(20_000, 16, seed=0)
     return patches, train_prior(patches, steps=1500, seed=0)
 
 
@@ -106,7 +106,7 @@ def test_egg_reconstructs_a_held_out_image_from_its_responses_better_than_noise(
     _, prior = trained
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 5, stride=2), torch.nn.ReLU(), torch.nn.Flatten())
-    image = torch.from_numpy(grayscale_patches(40, 16, seed=99)[-1:])  # a patch the prior never saw
+    image = torch.from_numpy(prior_patches(40, 16, seed=99)[-1:])  # a patch the prior never saw
     adapt = Adapter((1, 16, 16), norm=float(image.norm()))
     target = model(adapt(image)).detach()
 

@@ -3,7 +3,7 @@
 
 Any callable ``denoiser(x_t, t) → ε̂`` can be a prior (`DiffusionPrior`); `load_diffusers_prior` makes one from a
 local `diffusers` folder (``unet/`` and ``scheduler/``, as `save_pretrained` writes them), and `train_prior` trains
-the project's own: a small `UNet2DModel` on grayscale patches of the bundled natural images, in [−1, 1].
+the project's own: a small `UNet2DModel` on grayscale (or RGB) patches of the bundled natural images, in [−1, 1].
 """
 
 from __future__ import annotations
@@ -70,16 +70,20 @@ def linear_schedule(timesteps: int = 1000, beta_start: float = 1e-4, beta_end: f
     return torch.cumprod(1 - torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64), 0)
 
 
-def grayscale_patches(n: int, size: int, seed: int, images: Sequence[str] = BUNDLED_IMAGES) -> np.ndarray:
-    """`n` random size × size patches cut evenly from the bundled images, in luminance (ITU-R 601), as
-    n × 1 × size × size float32 in [−1, 1]."""
+def prior_patches(n: int, size: int, seed: int, channels: int = 1,
+                  images: Sequence[str] = BUNDLED_IMAGES) -> np.ndarray:
+    """`n` random size × size patches cut evenly from the bundled images as n × channels × size × size float32 in
+    [−1, 1]: luminance (ITU-R 601) for 1 channel, RGB for 3."""
+    if channels not in (1, 3):
+        raise SurveyError(f"prior channels={channels}: pass 1 (grayscale) or 3 (RGB)")
     rng = np.random.default_rng(seed)
     per_image, extra = divmod(n, len(images))
     patches = [cut_patches(bundled_image(name), per_image + (index < extra), size, rng)
                for index, name in enumerate(images) if per_image + (index < extra)]
     rgb = np.concatenate(patches)
-    luminance = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), rgb, axes=([0], [1]))
-    return np.ascontiguousarray(luminance[:, None] * 2 - 1, dtype=np.float32)
+    if channels == 1:
+        rgb = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), rgb, axes=([0], [1]))[:, None]
+    return np.ascontiguousarray(rgb * 2 - 1, dtype=np.float32)
 
 
 def unet_config(size: int, channels: int, widths: Sequence[int]) -> dict:

@@ -104,7 +104,7 @@ def load_network(row: dict, warehouse: Warehouse) -> tuple[nn.Module, dict]:
     return _load_network(warehouse.uri, row["family"], row["spec"], row["weights_uri"], row["content_hash"])
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)  # an MEI unit holds its network and its two evaluation networks
 def _load_network(
     warehouse_uri: str, family: str, spec_json: str, weights_uri: str, content_hash: str
 ) -> tuple[nn.Module, dict]:

@@ -19,9 +19,9 @@ from survey.mei.egg import energy_guided_diffusion
 from survey.mei.prior import (
     DiffusionPrior,
     diffusers_prior,
-    grayscale_patches,
     load_diffusers_prior,
     load_prior_callable,
+    prior_patches,
     radial_power_slope,
     train_prior,
 )
@@ -72,7 +72,7 @@ class PriorStage(Stage):
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         settings = self.options
         device = resolve_device(settings.device)
-        patches = grayscale_patches(settings.n_patches, unit.payload["size"], settings.seed)
+        patches = prior_patches(settings.n_patches, unit.payload["size"], settings.seed, settings.channels)
         with torch_threads(info.threads):
             trained = train_prior(patches, widths=settings.widths, steps=settings.steps,
                                   batch_size=settings.batch_size, lr=settings.lr, timesteps=settings.timesteps,
@@ -94,8 +94,8 @@ class PriorStage(Stage):
                "scheduler_config": json.dumps(trained.scheduler_config, sort_keys=True, default=list),
                "n_params": sum(p.numel() for p in trained.unet.parameters()),
                "final_loss": float(trained.losses[-100:].mean()), "seconds": trained.seconds,
-               "sample_slope": radial_power_slope(samples[:, 0]),
-               "patch_slope": radial_power_slope(patches[::max(1, len(patches) // 1024), 0]),  # from every image
+               "sample_slope": radial_power_slope(samples.mean(axis=1)),  # of the luminance (channel mean)
+               "patch_slope": radial_power_slope(patches[::max(1, len(patches) // 1024)].mean(axis=1)),
                "weights_uri": weights_uri, "content_hash": digest}
         tracker = Tracker(settings.mlflow_uri or default_tracking_uri(warehouse.uri), settings.experiment)
         row["mlflow_run_id"] = tracker.log_run(
