@@ -479,6 +479,7 @@ def zoo_build(
 def prior_train(
     stimset: Annotated[str, typer.Option(help="Stimulus set whose image size the prior is trained at.")] = (
         PriorConfig().stimuli),
+    channels: Annotated[int, typer.Option(help="1: grayscale patches; 3: RGB.")] = PriorConfig().channels,
     steps: Annotated[int, typer.Option(help="Training steps.")] = PriorConfig().steps,
     n_patches: Annotated[int, typer.Option(help="Grayscale natural patches to train on.")] = PriorConfig().n_patches,
     seed: int = PriorConfig().seed,
@@ -489,7 +490,8 @@ def prior_train(
 ) -> None:
     """Train the diffusion prior EGG samples from (kept in the warehouse by its recipe; the loss goes to MLflow)."""
     store = _existing(warehouse)
-    prior = {"stimuli": stimset, "steps": steps, "n_patches": n_patches, "seed": seed, "mlflow_uri": mlflow_uri}
+    prior = {"stimuli": stimset, "channels": channels, "steps": steps, "n_patches": n_patches, "seed": seed,
+             "mlflow_uri": mlflow_uri}
     try:
         config = SurveyConfig.model_validate({"name": "prior", "prior": prior, "stages": ["prior"]})
     except ValidationError as err:
@@ -497,7 +499,7 @@ def prior_train(
         raise SurveyError(f"prior: {'.'.join(str(p) for p in first['loc'])}: {one_line(first['msg'])}") from None
     execute(with_executor(config, executor), warehouse)
     _print_query(connect(store), "diffusion priors", """
-        SELECT prior_id, size, n_params, round(final_loss, 4) AS final_loss, round(seconds, 1) AS seconds,
+        SELECT prior_id, size, channels, n_params, round(final_loss, 4) AS final_loss, round(seconds, 1) AS seconds,
                round(sample_slope, 2) AS sample_slope, round(patch_slope, 2) AS patch_slope, mlflow_run_id
         FROM priors ORDER BY prior_id""")
     if out is not None:
