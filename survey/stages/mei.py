@@ -24,7 +24,7 @@ from survey.mei.tracking import Tracker, default_tracking_uri
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 from survey.stages.networks import load_network
 from survey.stages.predictivity import load_readout
-from survey.stages.prior import check_prior, load_prior, prior_identity
+from survey.stages.prior import PriorStage, check_prior, load_prior, prior_identity
 from survey.stages.stimuli import catalog_stimulus_sets, load_images
 from survey.stimuli import NaturalPatches
 from survey.validation import resolve_device
@@ -254,7 +254,10 @@ class MeiStage(Stage):
                 raise SurveyError(f"mei.targets: {group['network']['name']} {group['layer']} has "
                                   f"{responses.shape[1]} {'neurons' if group['session'] else 'units'}; pick indices "
                                   f"below {responses.shape[1]}")
-        prior = (prior_identity(warehouse, settings.egg.prior, shape[-1]) if "egg" in settings.methods else None)
+        prior = None
+        if "egg" in settings.methods:  # the config's own prior when it trains one, else the catalog's
+            configured = PriorStage(self.config).plan(warehouse, info)[0].key if self.config.prior else None
+            prior = prior_identity(warehouse, settings.egg.prior, shape[-1], configured)
         units = []
         for group in groups:
             evaluators = evaluation_models(group, catalog) if settings.evaluate else {"family": None, "cross": None}

@@ -105,13 +105,14 @@ class PriorStage(Stage):
         return {self.table: warehouse.append_unit(self.table, unit.key, [{**row, **info.provenance()}])}
 
 
-def catalog_prior(warehouse: Warehouse, size: int) -> dict:
-    """The `priors` row for `size`-pixel stimuli: one trained at that size, else the largest (first by id)."""
-    rows = warehouse.rows("priors")
+def catalog_prior(warehouse: Warehouse, size: int, prior_id: str | None = None) -> dict:
+    """The `priors` row of `prior_id` (the config's `prior:` section), else for `size`-pixel stimuli: one trained at
+    that size, else the largest (first by id)."""
+    rows = [row for row in warehouse.rows("priors") if prior_id in (None, row["prior_id"])]
     if not rows:
-        raise SurveyError(f"mei.methods has egg but warehouse {warehouse.uri} holds no diffusion prior; train one "
-                          "(`survey prior train`, or a `prior:` section in the config) or set mei.egg.prior to a "
-                          "diffusers folder")
+        raise SurveyError(f"mei.methods has egg but warehouse {warehouse.uri} holds no diffusion prior"
+                          f"{' of the prior: section' if prior_id else ''}; train one (`survey prior train`, or a "
+                          "`prior:` section in the config) or set mei.egg.prior to a diffusers folder")
     return min(rows, key=lambda row: (row["size"] != size, -row["size"], row["prior_id"]))
 
 
@@ -130,11 +131,11 @@ def check_prior(spec: str) -> dict:
                       "folder (unet/ and scheduler/), module:callable, or leave it unset for the trained prior")
 
 
-def prior_identity(warehouse: Warehouse, spec: str | None, size: int) -> dict:
-    """Where an EGG prior comes from, with a content id for unit keys: the `priors` row for `size`-pixel stimuli
-    (spec None), or the user's (`check_prior`)."""
+def prior_identity(warehouse: Warehouse, spec: str | None, size: int, prior_id: str | None = None) -> dict:
+    """Where an EGG prior comes from, with a content id for unit keys: the `priors` row (`catalog_prior`) when `spec`
+    is None, else the user's (`check_prior`)."""
     if spec is None:
-        row = catalog_prior(warehouse, size)
+        row = catalog_prior(warehouse, size, prior_id)
         return {"kind": "catalog", "prior_id": row["prior_id"], "content": row["content_hash"]}
     return check_prior(spec)
 
