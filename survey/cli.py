@@ -256,13 +256,18 @@ def mei(
                 "methods": [part.strip() for part in method.split(",") if part.strip()],
                 "egg": {"steps": egg_steps, "energy_scale": energy_scale, "prior": prior},
                 "seeds": _integers("--seeds", seeds), "norm": norm, "mlflow_uri": mlflow_uri}
-    try:
-        config = SurveyConfig.model_validate({"name": "mei", "mei": settings, "stages": ["mei"]})
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise SurveyError(f"mei: {'.'.join(str(p) for p in first['loc'])}: {one_line(first['msg'])}") from None
+    config = one_stage_config("mei", settings)
     execute(with_executor(config, executor), warehouse)
     _print_mei_summary(store, config.mei.mlflow_uri)
+
+
+def one_stage_config(stage: str, section: dict) -> SurveyConfig:
+    """A survey of one stage whose config section is `section`; a bad option is one line naming its field."""
+    try:
+        return SurveyConfig.model_validate({"name": stage, stage: section, "stages": [stage]})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SurveyError(f"{stage}: {'.'.join(str(p) for p in first['loc'])}: {one_line(first['msg'])}") from None
 
 
 def _integers(option: str, text: str) -> list[int]:
@@ -492,11 +497,7 @@ def prior_train(
     store = _existing(warehouse)
     prior = {"stimuli": stimset, "channels": channels, "steps": steps, "n_patches": n_patches, "seed": seed,
              "mlflow_uri": mlflow_uri}
-    try:
-        config = SurveyConfig.model_validate({"name": "prior", "prior": prior, "stages": ["prior"]})
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise SurveyError(f"prior: {'.'.join(str(p) for p in first['loc'])}: {one_line(first['msg'])}") from None
+    config = one_stage_config("prior", prior)
     execute(with_executor(config, executor), warehouse)
     _print_query(connect(store), "diffusion priors", """
         SELECT prior_id, size, channels, n_params, round(final_loss, 4) AS final_loss, round(seconds, 1) AS seconds,
