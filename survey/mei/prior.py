@@ -65,11 +65,6 @@ class DiffusionPrior:
         return [step * stride for step in reversed(range(steps))]
 
 
-def linear_schedule(timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """ᾱ_t = ∏ (1 − β_s) for the linear β schedule of Ho et al. 2020 (§4)."""
-    return torch.cumprod(1 - torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64), 0)
-
-
 def prior_patches(n: int, size: int, seed: int, channels: int = 1,
                   images: Sequence[str] = BUNDLED_IMAGES) -> np.ndarray:
     """`n` random size × size patches cut evenly from the bundled images as n × channels × size × size float32 in
@@ -111,7 +106,8 @@ def train_prior(patches: np.ndarray, *, widths: Sequence[int] = (16, 32, 32), st
                 batch_size: int = 32, lr: float = 2e-3, timesteps: int = 1000, seed: int = 0,
                 device: torch.device | str = "cpu", progress: bool = False) -> TrainedPrior:
     """Fit a `UNet2DModel` to predict ε on `patches` (n × C × S × S in [−1, 1]) by the simple loss of Ho et al.
-    2020 (eq. 14) under the linear schedule; AdamW with a cosine-decayed rate; all randomness from `seed`."""
+    2020 (eq. 14) under diffusers' linear β schedule (Ho et al. 2020, §4); AdamW with a cosine-decayed rate; all
+    randomness from `seed`."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     if patches.ndim != 4 or patches.shape[2] != patches.shape[3]:
@@ -123,9 +119,10 @@ def train_prior(patches: np.ndarray, *, widths: Sequence[int] = (16, 32, 32), st
         unet = UNet2DModel(**unet_config(patches.shape[2], patches.shape[1], widths)).to(device).train()
     # x̂₀ dynamically thresholded while sampling (Saharia et al. 2022): unlimited, a prior this small drifts out of
     # range (samples' std 4 against the patches' 0.5 at 32 px), and plain clipping to [−1, 1] over-smooths them
-    scheduler_config = dict(DDPMScheduler(num_train_timesteps=timesteps, beta_schedule="linear", thresholding=True,
-                                          dynamic_thresholding_ratio=0.995, sample_max_value=3.0).config)
-    alphas = linear_schedule(timesteps).to(device, torch.float32)
+    scheduler = DDPMScheduler(num_train_timesteps=timesteps, beta_schedule="linear", thresholding=True,
+                              dynamic_thresholding_ratio=0.995, sample_max_value=3.0)
+    scheduler_config = dict(scheduler.config)
+    alphas = scheduler.alphas_cumprod.to(device, torch.float32)  # the ᾱ sampling uses (`diffusers_prior`)
     data = torch.from_numpy(patches).to(device)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
