@@ -278,3 +278,14 @@ def test_survey_prior_train_writes_a_diffusers_folder_that_egg_samples_from(ware
     assert result.returncode == 0, result.stderr
     assert [(row["method"], row["prior_id"], row["steps"]) for row in warehouse.rows("mei_runs")] == [
         ("egg", str(folder), 5)]
+
+
+def test_ga_grey_meis_are_one_channel_replicated_at_the_same_norm(warehouse):
+    config = parse_config(mei_dict(targets(warehouse)[:1], steps=20, methods=("ga_grey",)))
+    assert run_survey(config, warehouse, stages=("mei",), progress=False)[0].units_run == 1
+    rows = warehouse.rows("mei_runs")
+    assert len(rows) == 3 * 2 and {row["method"] for row in rows} == {"ga_grey"}
+    for row in rows:
+        image = warehouse.load_array(row["image_uri"])
+        assert image.shape[0] == 3 and np.array_equal(image[0], image[1]) and np.array_equal(image[0], image[2])
+        assert float(np.linalg.norm(image)) == pytest.approx(row["norm"], rel=1e-4)

@@ -184,6 +184,7 @@ MEI_RUNS = _schema(  # DESIGN §3, §5.5; one row per (target, method, seed), it
     pa.field("energy_scale", pa.float64()),  # egg only
     pa.field("prior_id", pa.string()),  # egg: the diffusion prior (a priors row, or the folder / callable given)
     pa.field("activation", pa.float64(), nullable=False),  # on the model it was optimised for
+    # scored as the catalog stood when the MEI was made (a later survey keeps the row):
     # the target on another seed of the network's architecture (same objective), NULL when none is stored: for
     # neurons the same neuron through the area's encoding model from that network's best layer, for units that
     # network's unit (any layer) whose responses to the stimulus set correlate best with the target's

@@ -216,7 +216,7 @@ class MeiStage(Stage):
     section = "mei"
     table = "mei_runs"
     reads = ("networks", "representations", "predictivity", "stimulus_sets", "priors")
-    version = 2
+    version = 2  # 2: methods, evaluation models
 
     def check(self) -> None:  # refused before any stage writes
         if self.options.targets_sql is not None:
@@ -265,11 +265,11 @@ class MeiStage(Stage):
             if group["session"]:
                 label = f"{group['session']} {group['area']} via {label}"
             for method in settings.methods:
+                # the evaluators are left out: a survey that grows new networks keeps its MEIs (one row per target,
+                # method and seed), each scored on the models the catalog held when it was made
                 key = content_key("mei", group["network"]["content_hash"], group["layer"], group["readout_uri"],
                                   list(group["targets"]), stimset["content_hash"], method, self.method_recipe(method),
-                                  prior["content"] if method == "egg" else None,
-                                  [(model["network"]["content_hash"], model["layer"], model.get("readout_uri"))
-                                   if model else None for model in evaluators.values()], self.version)
+                                  prior["content"] if method == "egg" else None, self.version)
                 units.append(WorkUnit(key, f"{method} · {label}", {
                     **group, **evaluators, "method": method, "prior": prior if method == "egg" else None,
                     "stimset_id": stimset["stimset_id"], "stimset_uri": stimset["uri"], "grey": grey.tolist(),
@@ -287,16 +287,18 @@ class MeiStage(Stage):
         generator = torch.Generator(device).manual_seed(int(unit.key.rsplit("-", 1)[-1][:15], 16))  # from the key
         shape, n_images = tuple(payload["shape"]), len(targets) * len(settings.seeds)
         if payload["method"] in ("ga", "ga_grey"):
-            channels = shape[0] if payload["method"] == "ga_grey" else 1  # grey: one channel, replicated
+            grey = payload["method"] == "ga_grey"  # one channel, replicated to the model's: the same total norm
 
-            def replicated(images: torch.Tensor) -> torch.Tensor:
-                return objective(images.expand(-1, shape[0], -1, -1))
+            def seen(images: torch.Tensor) -> torch.Tensor:
+                return images.expand(-1, shape[0], -1, -1) if grey else images
 
-            result = gradient_ascent(replicated, n_images, (shape[0] // channels, *shape[1:]),
-                                     norm=payload["norm"] / math.sqrt(channels), generator=generator,
-                                     steps=settings.steps, lr=settings.lr, blur_sigma=settings.blur_sigma,
-                                     jitter=settings.jitter, fourier=settings.fourier, device=device)
-            return result.images.expand(-1, shape[0], -1, -1), result.activation, result.history, result.seconds
+            result = gradient_ascent(lambda images: objective(seen(images)), n_images,
+                                     (1, *shape[1:]) if grey else shape,
+                                     norm=payload["norm"] / math.sqrt(shape[0]) if grey else payload["norm"],
+                                     generator=generator, steps=settings.steps, lr=settings.lr,
+                                     blur_sigma=settings.blur_sigma, jitter=settings.jitter, fourier=settings.fourier,
+                                     device=device)
+            return seen(result.images), result.activation, result.history, result.seconds
         prior = load_prior(warehouse, payload["prior"], device)
         try:
             result = energy_guided_diffusion(lambda images: -objective(images), prior, n_images,
