@@ -11,13 +11,15 @@ from scipy.stats import wilcoxon
 SCORES = (("train model", "activation"), ("same architecture, other seed", "family_activation"),
           ("other architecture", "cross_activation"), ("seconds per MEI", "seconds"))
 
+# a run of each method's settings: a survey whose config changed (e.g. EGG's energy scale) keeps the MEIs of both
+VARIANT = ("baseline_steps", "egg_steps", "energy_scale", "prior_id")
 PAIRS_SQL = """
-    SELECT {columns}
+    SELECT g.steps AS baseline_steps, e.steps AS egg_steps, e.energy_scale, e.prior_id, {columns}
     FROM mei_runs g JOIN mei_runs e
       ON g.network_id = e.network_id AND g.layer = e.layer AND g.target = e.target AND g.stimset_id = e.stimset_id
      AND g.session_id IS NOT DISTINCT FROM e.session_id AND g.area IS NOT DISTINCT FROM e.area
     WHERE g.method = '{baseline}' AND e.method = 'egg' AND g.is_best AND e.is_best
-    ORDER BY g.network_id, g.layer, g.session_id, g.area, g.target"""
+    ORDER BY ALL"""
 
 
 def paired_comparison(baseline: np.ndarray, other: np.ndarray) -> dict[str, float | int | None]:
@@ -45,16 +47,19 @@ def paired_comparison(baseline: np.ndarray, other: np.ndarray) -> dict[str, floa
 
 
 def compare_methods(connection, baselines: tuple[str, ...] = ("ga", "ga_grey")) -> list[dict]:
-    """One row per baseline method × score of `SCORES`: the baseline (`ga_*` columns) against EGG over the targets
-    both ran on (best seed each); baselines that did not run are left out. `connection`: DuckDB over the catalog."""
+    """One row per baseline method × settings (`VARIANT`: ascent steps, EGG's steps, energy scale and prior) × score
+    of `SCORES`: the baseline (`ga_*` columns) against EGG over the targets both ran on (best seed each); baselines
+    that did not run are left out. `connection`: DuckDB over the catalog."""
     columns = ", ".join(f"g.{column} AS ga_{column}, e.{column} AS egg_{column}" for _, column in SCORES)
     rows = []
     for baseline in baselines:
         pairs = connection.execute(PAIRS_SQL.format(columns=columns, baseline=baseline)).fetchnumpy()
-        if not len(pairs["ga_activation"]):
-            continue
-        for label, column in SCORES:
-            values = [np.ma.filled(np.ma.asarray(pairs[f"{method}_{column}"], dtype=np.float64), np.nan)
-                      for method in ("ga", "egg")]
-            rows.append({"baseline": baseline, "score": label, **paired_comparison(*values)})
+        variants = list(zip(*(pairs[name].tolist() for name in VARIANT), strict=True))
+        for variant in dict.fromkeys(variants):
+            chosen = np.array([candidate == variant for candidate in variants])
+            for label, column in SCORES:
+                values = [np.ma.filled(np.ma.asarray(pairs[f"{method}_{column}"][chosen], dtype=np.float64), np.nan)
+                          for method in ("ga", "egg")]
+                rows.append({"baseline": baseline, **dict(zip(VARIANT, variant, strict=True)), "score": label,
+                             **paired_comparison(*values)})
     return rows
