@@ -154,6 +154,7 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
         FROM best b JOIN networks n USING (network_id) GROUP BY ALL ORDER BY ALL""")
     _print_nearest_networks(Warehouse(warehouse))
     _print_mei_summary(Warehouse(warehouse), None)
+    _write_report(Warehouse(warehouse), None)
     console.print(
         "\nNext: query the catalogs with SQL, e.g.\n"
         f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"
@@ -290,7 +291,8 @@ def _print_mei_summary(store: Warehouse, mlflow_uri: str | None) -> None:
         FROM mei_runs m JOIN networks n USING (network_id) WHERE m.is_best ORDER BY ALL""")
     comparison = compare_methods(connection)
     if comparison:
-        columns = {"baseline": "vs", "score": "score", "n": "n", "ga_mean": "base", "egg_mean": "egg",
+        columns = {"baseline": "vs", "energy_scale": "scale", "score": "score", "n": "n", "ga_mean": "base",
+                   "egg_mean": "egg",
                    "median_ratio": "egg/base", "at_least_80pct": "≥0.8", "egg_wins": "wins", "wilcoxon_p": "p"}
         _print_table(list(columns.values()), [
             {columns[k]: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in comparison],
@@ -435,6 +437,32 @@ def migrate(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
     _print_table(["table", "rows"], rows, title="converted to Delta tables (0: dropped, recomputed by its stage)")
 
 
+@app.command()
+def report(
+    out: Annotated[Path | None, typer.Option(help="Folder for index.html and its figures (default: "
+                                                  "<warehouse>/report for a local warehouse).")] = None,
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+) -> None:
+    """A static HTML report of the catalogs (figures with their SQL) and the seed papers' findings, checked."""
+    _write_report(_existing(warehouse), out)
+
+
+def _write_report(store: Warehouse, out: Path | None) -> None:
+    from survey.report.html import build_report
+
+    if out is None:
+        if not store.is_local:
+            raise SurveyError(f"warehouse {store.uri} is not a local folder; pass --out DIR for the report")
+        out = Path(store.root) / "report"
+    index, results = build_report(store, out)
+    _print_table(["paper", "claim", "statistic", "value", "holds"], [
+        {"paper": f.paper, "claim": f.claim, "statistic": f.statistic,
+         "value": "" if f.value is None else f"{f.value:.3g}",
+         "holds": {True: "yes", False: "no", None: f"not tested: {f.note}"}[f.holds]} for f in results],
+        title="findings of the seed papers on this survey")
+    console.print(f"report: {index.resolve()}  (open it in a browser; no server needed)", soft_wrap=True)
+
+
 def _existing(warehouse: str) -> Warehouse:
     store = Warehouse(warehouse)
     if not store.exists():
@@ -486,7 +514,8 @@ def prior_train(
         PriorConfig().stimuli),
     channels: Annotated[int, typer.Option(help="1: grayscale patches; 3: RGB.")] = PriorConfig().channels,
     steps: Annotated[int, typer.Option(help="Training steps.")] = PriorConfig().steps,
-    n_patches: Annotated[int, typer.Option(help="Grayscale natural patches to train on.")] = PriorConfig().n_patches,
+    n_patches: Annotated[int, typer.Option(
+        help="Natural patches to train on (grey or RGB, as --channels).")] = PriorConfig().n_patches,
     seed: int = PriorConfig().seed,
     out: Annotated[Path | None, typer.Option(help="Also write it as a diffusers folder (unet/, scheduler/).")] = None,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: in the warehouse).")] = None,

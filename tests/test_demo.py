@@ -64,3 +64,10 @@ def test_demo_fills_every_table_with_complete_results(tmp_path):
         "SELECT size, channels, sample_slope, patch_slope FROM priors").fetchone()
     assert (size, channels) == (32, 3) and abs(sample_slope - patch_slope) <= 0.3
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    # the demo ends with the report: every figure drawn, the findings printed, the page's path last
+    report = tmp_path / "wh" / "report" / "index.html"
+    assert str(report) in result.stdout.replace("\n", "")
+    from survey.report.html import SECTIONS
+
+    assert all((report.parent / f"{section.name}.png").exists() for section in SECTIONS)
+    assert "findings of the seed papers on this survey" in result.stdout
