@@ -154,7 +154,6 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
         FROM best b JOIN networks n USING (network_id) GROUP BY ALL ORDER BY ALL""")
     _print_nearest_networks(Warehouse(warehouse))
     _print_mei_summary(Warehouse(warehouse), None)
-    _write_report(Warehouse(warehouse), None)
     console.print(
         "\nNext: query the catalogs with SQL, e.g.\n"
         f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"
@@ -165,6 +164,7 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
         "Tables and columns: catalogs/README.md. Run your own survey: survey run jobs/configs/small.yaml",
         soft_wrap=True,
     )
+    _write_report(Warehouse(warehouse), None)
 
 
 def parse_metric(spec: str) -> dict:
@@ -295,7 +295,8 @@ def _print_mei_summary(store: Warehouse, mlflow_uri: str | None) -> None:
                    "egg_mean": "egg",
                    "median_ratio": "egg/base", "at_least_80pct": "≥0.8", "egg_wins": "wins", "wilcoxon_p": "p"}
         _print_table(list(columns.values()), [
-            {columns[k]: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in comparison],
+            {label: round(row[key], 3) if isinstance(row[key], float) else row[key] for key, label in columns.items()}
+            for row in comparison],
             title="EGG against GA, paired by target: median ratio, share ≥ 80%, share EGG wins, Wilcoxon p")
     uri = mlflow_uri or default_tracking_uri(store.uri)
     console.print(f"\nOpen the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1", soft_wrap=True)
