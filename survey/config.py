@@ -34,6 +34,7 @@ class ExecutorConfig(_Strict):
     threads_per_worker: int = Field(1, ge=1)  # torch intra-op threads inside each unit of work
     max_restarts: int = Field(2, ge=0)
     max_task_retries: int = Field(2, ge=0)
+    restart_timeout_s: float = Field(60.0, gt=0)  # an actor down this long (no node has room) is replaced
 
 
 class TrainConfig(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -51,16 +52,21 @@ class RayExecutor:
     """Runs units on a pool of Ray actors; each actor keeps its loaded models between units.
 
     Actors get explicit `num_cpus`/`num_gpus` (on a GPU cluster: one actor per GPU), are restarted when
-    their process dies (`max_restarts`) and retry the units they were running (`max_task_retries`).
+    their process dies (`max_restarts`) and retry the units they were running (`max_task_retries`); one that
+    stays down (its node died and no other has room) is replaced and its unit runs on another actor.
     Under ``ray job submit`` it joins the job's cluster; otherwise it starts a local one and stops it in
     `close` (never ``ray stop``, which would stop every cluster of the user on the machine).
     """
 
     name = "ray"
+    POLL_S = 1.0  # seconds between checks of the pool while units run
 
     def __init__(self, config: ExecutorConfig) -> None:
         self.config = config
-        self._actors: list = []
+        self._actors: list = []  # every actor of the pool, placed or not
+        self._ready: list = []  # the placed ones, which get units
+        self._starting: dict = {}  # ready-check ObjectRef -> actor not yet placed
+        self._not_alive_since: dict = {}  # actor id -> when it was first seen restarting
         self._started_cluster = False
 
     def _pool(self) -> list:
@@ -79,36 +85,115 @@ class RayExecutor:
                     logging_level="WARNING", dashboard_host="127.0.0.1",
                 )
                 self._started_cluster = True
-        worker = ray.remote(StageWorker).options(
+        self._worker = ray.remote(StageWorker).options(
             num_cpus=self.config.num_cpus_per_worker,
             num_gpus=self.config.num_gpus_per_worker,
             max_restarts=self.config.max_restarts,
             max_task_retries=self.config.max_task_retries,
         )
-        self._actors = [worker.remote() for _ in range(self.config.num_workers)]
+        for _ in range(self.config.num_workers):
+            self._start_actor()
         return self._actors
 
     def map(
         self, stage: Stage, units: list[WorkUnit], warehouse: Warehouse, info: RunInfo
     ) -> Iterator[dict[str, int]]:
-        import ray
-        from ray.util import ActorPool
+        """Run `units` one at a time per actor, handing each actor its next unit as it finishes one.
 
-        pool = ActorPool(self._pool())
-        results = pool.map_unordered(lambda actor, unit: actor.run.remote(stage, unit, warehouse.uri, info), units)
+        An actor whose process dies is restarted by Ray and re-runs its unit (`max_restarts`, `max_task_retries`).
+        An actor that is dead for good (restarts spent), or has not come back within `restart_timeout_s` (its node
+        died and no node has room for it), leaves the pool and its unit goes to another actor; a replacement is
+        started, and gets units once Ray has placed it. Units are idempotent (`run_unit` skips a committed one)."""
+        import ray
+
+        self._pool()
+        queue = list(reversed(units))  # popped from the end: units run in the planned order
+        running: dict = {}  # ObjectRef -> (actor, unit)
+        next_check = time.monotonic() + self.POLL_S
+        while queue or running:
+            self._admit_ready()
+            busy = {id(actor) for actor, _ in running.values()}
+            idle = [actor for actor in self._ready if id(actor) not in busy]
+            while queue and idle:
+                actor, unit = idle.pop(0), queue.pop()
+                running[actor.run.remote(stage, unit, warehouse.uri, info)] = (actor, unit)
+            if not running:  # no actor placed yet (the cluster may be scaling up): wait, as Ray itself would
+                if self._starting:
+                    ray.wait(list(self._starting), num_returns=1, timeout=self.POLL_S, fetch_local=False)
+                else:
+                    time.sleep(self.POLL_S)
+                continue
+            done, _ = ray.wait(list(running), num_returns=1, timeout=self.POLL_S, fetch_local=False)
+            for ref in done:
+                actor, unit = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    if isinstance(err.cause, SurveyError):
+                        raise SurveyError(str(err.cause)) from None
+                    raise
+                except ray.exceptions.RayActorError:  # dead for good: run its unit elsewhere
+                    self._replace(actor)
+                    queue.append(unit)
+                    continue
+                yield result
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + self.POLL_S
+            for actor in {id(actor): actor for actor, _ in running.values()}.values():
+                if self._lost(actor):
+                    ray.kill(actor, no_restart=True)  # its running unit fails with RayActorError, handled above
+
+    def _start_actor(self) -> object:
+        actor = self._worker.remote()
+        self._actors.append(actor)
+        self._starting[actor.__ray_ready__.remote()] = actor
+        return actor
+
+    def _admit_ready(self) -> None:
+        """Actors that Ray has placed join the pool that gets units; an unplaced one gets none (no unit waits on it)."""
+        import ray
+
+        if self._starting:
+            placed, _ = ray.wait(list(self._starting), num_returns=len(self._starting), timeout=0,
+                                 fetch_local=False)
+            for ref in placed:
+                actor = self._starting.pop(ref)
+                if any(actor is other for other in self._actors):
+                    self._ready.append(actor)
+
+    def _replace(self, actor) -> None:
+        self._actors = [other for other in self._actors if other is not actor]
+        self._ready = [other for other in self._ready if other is not actor]
+        self._not_alive_since.pop(actor._actor_id, None)
+        self._start_actor()
+
+    def _lost(self, actor) -> bool:
+        """Whether `actor` has been out of the ALIVE state (restarting, unplaced) for over `restart_timeout_s`."""
+        from ray._private.state import actors as actor_table  # the GCS actor table; needs no dashboard
+
         try:
-            yield from results
-        except ray.exceptions.RayTaskError as err:
-            if isinstance(err.cause, SurveyError):
-                raise SurveyError(str(err.cause)) from None
-            raise
+            state = actor_table(actor_id=actor._actor_id.hex()).get("State")
+        except Exception:  # a state lookup that fails is no evidence the actor is gone
+            return False
+        if state == "ALIVE":
+            self._not_alive_since.pop(actor._actor_id, None)
+            return False
+        since = self._not_alive_since.setdefault(actor._actor_id, time.monotonic())
+        return time.monotonic() - since > self.config.restart_timeout_s
 
     def close(self) -> None:
-        if self._started_cluster:
+        """Stop the actors (on a cluster we joined, their CPUs/GPUs are free at once, not when their handles are
+        collected: a caller holding a traceback holds them) and the local cluster we started, if any."""
+        if self._actors or self._started_cluster:
             import ray
 
-            ray.shutdown()
-        self._actors = []
+            if ray.is_initialized():
+                for actor in self._actors:
+                    ray.kill(actor)
+            if self._started_cluster:
+                ray.shutdown()
+        self._actors, self._ready, self._starting, self._not_alive_since = [], [], {}, {}
 
 
 class StageWorker:

@@ -1,0 +1,257 @@
+"""Faults on a multi-node Ray cluster on one machine (a head and two worker raylets): a node or an actor killed, or
+a unit failing, while a stage runs. After each, the catalog equals an uninterrupted local run's: no row lost, none
+twice (DESIGN.md §3: a unit's rows land in one commit keyed by its unit_key; a re-run resumes)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from survey.catalog import Warehouse
+from survey.config import parse_config
+from survey.errors import SurveyError
+from survey.runtime.survey import STAGE_ORDER, STAGES, run_survey
+from survey.stages import RunInfo
+from survey.stages.capacity import CapacityStage
+
+from .conftest import TINY
+from .test_survey import catalog_fingerprint, table_counts
+
+pytestmark = pytest.mark.ray
+LOCAL = "127.0.0.1"
+FAULT_STAGE = "capacity"  # 20 units of ~1 s each in TINY: long enough to hit mid-flight
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Warehouse:
+    """The catalog of an uninterrupted run of TINY with the local executor, built once per module."""
+    warehouse = Warehouse(tmp_path_factory.mktemp("reference") / "wh")
+    run_survey(parse_config(TINY), warehouse, progress=False)
+    return warehouse
+
+
+@pytest.fixture(scope="module")
+def ray_token() -> Iterator[None]:
+    """Ray 2.60 token authentication for every process of the module's clusters (they inherit the environment).
+    This process caches the auth mode and token once read: reload them after setting, and after restoring."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")
+        patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        reset_auth_token_state()
+        yield
+    reset_auth_token_state()
+
+
+@pytest.fixture
+def cluster(ray_token, monkeypatch) -> Iterator:
+    """A head (no CPUs: no actor lands there) and two worker nodes of 1 CPU, each its own raylet, all on 127.0.0.1.
+    The driver is left unconnected: the RayExecutor under test joins through `ExecutorConfig.address`."""
+    import ray
+    import ray._private.services as services
+    from ray.cluster_utils import Cluster
+
+    # ray.init turns 127.0.0.1 into the machine's outward address, where nothing of ours listens; keep it local
+    monkeypatch.setattr(services, "resolve_ip_for_localhost", lambda host: host)
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
+                      head_node_args={"num_cpus": 0, "node_ip_address": LOCAL, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, node_ip_address=LOCAL)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _ray_config(cluster, **executor):
+    return parse_config({**TINY, "executor": {"kind": "ray", "address": cluster.address, "num_workers": 2,
+                                              "num_cpus_per_worker": 1, "restart_timeout_s": 20, **executor}})
+
+
+def _stage_workers(state: str | None = None) -> list[dict]:
+    from ray._private.state import actors
+
+    return [actor for actor in actors().values() if actor["ActorClassName"] == "StageWorker"
+            and (state is None or actor["State"] == state)]
+
+
+def _when_committed(warehouse: Warehouse, table: str, fault: Callable[[], None], units: int = 2) -> Callable[[], None]:
+    """Run `fault` from a thread once `units` units of `table` are committed; returns a check that it ran."""
+    errors: list[BaseException] = []
+    fired = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        try:
+            while time.monotonic() < deadline:
+                if len(warehouse.done_keys(table)) >= units:
+                    fault()
+                    fired.set()
+                    return
+                time.sleep(0.1)
+        except BaseException as err:  # reported by the check, in the test's thread
+            errors.append(err)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+
+    def check() -> None:
+        thread.join(timeout=60)
+        assert not errors, errors
+        assert fired.is_set(), f"the fault never fired: {table} did not reach {units} units"
+
+    return check
+
+
+def _assert_same_catalog(warehouse: Warehouse, reference: Warehouse) -> None:
+    assert table_counts(warehouse) == table_counts(reference)
+    fingerprint = catalog_fingerprint(warehouse)
+    for table, rows in fingerprint.items():
+        assert len(rows) == len({repr(row) for row in rows}), f"{table} holds a row twice"
+    assert fingerprint == catalog_fingerprint(reference)
+
+
+@pytest.mark.slow
+def test_worker_node_killed_mid_stage(cluster, reference, tmp_path):
+    """SIGKILL a worker node's raylet and workers mid-stage: its actor cannot be placed again (the other node's CPU is
+    taken), so the executor replaces it after `restart_timeout_s` and its unit runs on the surviving actor."""
+    warehouse = Warehouse(tmp_path / "wh")
+    victim = next(iter(cluster.worker_nodes))
+    check = _when_committed(warehouse, FAULT_STAGE, lambda: cluster.remove_node(victim, allow_graceful=False))
+    reports = run_survey(_ray_config(cluster), warehouse, progress=False)
+    check()
+    assert all(report.units_run == report.units_total for report in reports)
+    assert len(cluster.list_all_nodes()) == 2  # the head and one worker
+    assert len(_stage_workers()) == 3, "the killed node's actor should have been replaced"
+    _assert_same_catalog(warehouse, reference)
+
+
+@pytest.mark.slow
+def test_actor_process_killed_mid_stage(cluster, reference, tmp_path):
+    """SIGKILL an actor's process mid-unit: Ray restarts the actor (max_restarts) and re-runs its unit
+    (max_task_retries); run_unit skips a unit that had already committed."""
+    warehouse = Warehouse(tmp_path / "wh")
+    killed: list[str] = []
+
+    def kill_an_actor() -> None:
+        actor = _stage_workers("ALIVE")[0]
+        os.kill(actor["Pid"], signal.SIGKILL)
+        killed.append(actor["ActorID"])
+
+    check = _when_committed(warehouse, FAULT_STAGE, kill_an_actor)
+    reports = run_survey(_ray_config(cluster), warehouse, progress=False)
+    check()
+    assert all(report.units_run == report.units_total for report in reports)
+    by_id = {actor["ActorID"]: actor for actor in _stage_workers()}
+    assert len(by_id) == 2 and by_id[killed[0]]["NumRestarts"] == 1  # restarted in place, not replaced
+    _assert_same_catalog(warehouse, reference)
+
+
+class FailingCapacity(CapacityStage):
+    """The capacity stage with one unit that fails with a user error."""
+
+    def __init__(self, config, fail_key: str) -> None:
+        super().__init__(config)
+        self.fail_key = fail_key
+
+    def run(self, unit, warehouse, info):
+        if unit.key == self.fail_key:
+            raise SurveyError(f"unit {unit.key} has a bad input")
+        return super().run(unit, warehouse, info)
+
+
+@pytest.mark.slow
+def test_unit_user_error_commits_nothing_and_resumes(cluster, reference, tmp_path, monkeypatch):
+    """A unit raising SurveyError stops the stage with a one-line message; it commits nothing, and the next run
+    runs it (and only what is missing)."""
+    config = _ray_config(cluster)
+    warehouse = Warehouse(tmp_path / "wh")
+    before = STAGE_ORDER[:STAGE_ORDER.index(FAULT_STAGE)]
+    run_survey(config, warehouse, stages=before, progress=False)
+    keys = [unit.key for unit in CapacityStage(config).plan(warehouse, RunInfo(run_id="plan", threads=1))]
+    fail_key = keys[len(keys) // 2]
+    monkeypatch.setitem(STAGES, FAULT_STAGE, lambda config: FailingCapacity(config, fail_key))
+    with pytest.raises(SurveyError) as failure:
+        run_survey(config, warehouse, progress=False)
+    message = str(failure.value)
+    assert fail_key in message and "\n" not in message
+    done = warehouse.done_keys(FAULT_STAGE)
+    assert fail_key not in done and 0 < len(done) < len(keys)
+    assert not warehouse.committed("alignment", fail_key)
+
+    monkeypatch.setitem(STAGES, FAULT_STAGE, CapacityStage)
+    reports = {report.stage: report for report in run_survey(config, warehouse, progress=False)}
+    assert reports[FAULT_STAGE].units_run == len(keys) - len(done)
+    assert all(reports[stage].units_run == 0 for stage in before)
+    _assert_same_catalog(warehouse, reference)
+
+
+@pytest.mark.slow
+def test_job_driver_killed_then_resubmitted(ray_token, reference, tmp_path):
+    """SIGKILL the survey's driver under `ray job submit` mid-stage; submitting the job again resumes, and the
+    catalog equals an uninterrupted run's."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .test_ray import REPO, _free_port, _wait_for_dashboard
+
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])  # the job's `python`
+    env = {**os.environ, "PATH": path}
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    ray = shutil.which("ray", path=path)
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", f"--node-ip-address={LOCAL}", f"--port={gcs_port}",
+         f"--dashboard-host={LOCAL}", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
+         "--disable-usage-stats", "--include-dashboard=true"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        _wait_for_dashboard(dashboard_port, head)
+        work = tmp_path / "work"
+        shutil.copytree(REPO / "jobs", work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+        config = {**TINY, "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}}
+        (work / "survey.yaml").write_text(yaml.safe_dump(config))
+        warehouse = Warehouse(tmp_path / "wh")
+        submit = [ray, "job", "submit", "--address", f"http://{LOCAL}:{dashboard_port}", "--working-dir", str(work),
+                  "--", "python", "-m", "jobs.run_survey", "--config", "survey.yaml", "--warehouse", warehouse.uri]
+
+        def kill_driver() -> None:  # the job's entrypoint process: ours, found by its unique warehouse path
+            drivers = []
+            for proc in Path("/proc").iterdir():
+                try:
+                    argv = (proc / "cmdline").read_bytes().decode().split("\0")
+                except (OSError, ValueError):
+                    continue
+                if "jobs.run_survey" in argv and warehouse.uri in argv and "submit" not in argv:
+                    drivers.append(int(proc.name))
+            assert len(drivers) == 1, drivers
+            os.kill(drivers[0], signal.SIGKILL)
+
+        check = _when_committed(warehouse, FAULT_STAGE, kill_driver)
+        first = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=work)
+        check()
+        assert first.returncode != 0, "the killed job should fail"
+        assert 0 < len(warehouse.done_keys(FAULT_STAGE)) < 20
+        second = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=work)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        _assert_same_catalog(warehouse, reference)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
