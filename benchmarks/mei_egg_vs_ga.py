@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--norm", type=float, default=10.0)
     parser.add_argument("--prior", default=None, help="a diffusers folder (default: an untrained UNet)")
-    parser.add_argument("--scales", default="1,3", help="with --prior: EGG's activation at these energy scales too")
+    parser.add_argument("--scales", default="1,2,3", help="with --prior: EGG's activation at these energy scales too")
     args = parser.parse_args()
     device = resolve_device(args.device)
     network = build_network(SPEC, seed=0).to(device).eval()

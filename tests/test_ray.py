@@ -98,3 +98,36 @@ def test_ray_job_submit_to_our_own_head(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+def test_actors_take_the_gpus_they_ask_for_and_compute_on_the_cpu_without_cuda(tmp_path):
+    """On a cluster with a (fake) GPU resource, each actor gets its own GPU; its units compute on that GPU where CUDA
+    is present and on the CPU where it is not, and the catalog equals a local run's. A local cluster on a machine
+    without GPUs refuses `num_gpus_per_worker` in one line, before anything is written."""
+    import ray
+    import torch
+
+    from survey.config import ExecutorConfig
+    from survey.errors import SurveyError
+    from survey.runtime.executors import RayExecutor
+
+    stages = ("stimuli", "networks", "sessions", "activations")
+    gpu_executor = {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1, "num_gpus_per_worker": 1}
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        executor = RayExecutor(ExecutorConfig(**gpu_executor))
+        placements = ray.get([actor.placement.remote() for actor in executor._pool()])
+        executor.close()
+        assert sorted(gpus for gpus, _ in placements) == [["0"], ["1"]]
+        assert {device for _, device in placements} == {"cuda" if torch.cuda.is_available() else "cpu"}
+        on_gpus = Warehouse(tmp_path / "gpus")
+        run_survey(parse_config({**TINY, "executor": gpu_executor}), on_gpus, stages=stages, progress=False)
+    finally:
+        ray.shutdown()
+    local = Warehouse(tmp_path / "local")
+    run_survey(parse_config(TINY), local, stages=stages, progress=False)
+    assert catalog_fingerprint(on_gpus) == catalog_fingerprint(local)
+    if not torch.cuda.is_available():
+        with pytest.raises(SurveyError, match=r"executor.num_gpus_per_worker=1 but this machine has 0 GPUs"):
+            run_survey(parse_config({**TINY, "executor": gpu_executor}), Warehouse(tmp_path / "none"), progress=False)
+        assert not (tmp_path / "none").exists()

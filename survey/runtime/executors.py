@@ -26,6 +26,9 @@ def run_unit(stage: Stage, unit: WorkUnit, warehouse_uri: str, info: RunInfo) ->
 class Executor(Protocol):
     name: str
 
+    def check(self) -> None:
+        """Refuse, before any stage writes, resources the executor can never have."""
+
     def map(
         self, stage: Stage, units: list[WorkUnit], warehouse: Warehouse, info: RunInfo
     ) -> Iterator[dict[str, int]]: ...
@@ -37,6 +40,9 @@ class LocalExecutor:
     """Runs units one after another in this process (tests, small runs, debugging)."""
 
     name = "local"
+
+    def check(self) -> None:
+        pass
 
     def map(
         self, stage: Stage, units: list[WorkUnit], warehouse: Warehouse, info: RunInfo
@@ -69,13 +75,31 @@ class RayExecutor:
         self._not_alive_since: dict = {}  # actor id -> when it was first seen restarting
         self._started_cluster = False
 
+    def _address(self) -> str | None:
+        return self.config.address or os.environ.get("RAY_ADDRESS")
+
+    def check(self) -> None:
+        """GPUs asked of the local cluster this executor would start, on a machine without them (a cluster it joins
+        is checked when it joins)."""
+        import ray
+        import torch
+
+        if self._address() is None and not ray.is_initialized():
+            self._check_gpus(torch.cuda.device_count(), "this machine")
+
+    def _check_gpus(self, available: float, where: str) -> None:
+        needed = self.config.num_gpus_per_worker
+        if needed > available:
+            raise SurveyError(f"executor.num_gpus_per_worker={needed:g} but {where} has {available:g} GPUs; set it to "
+                              "0 to run on CPUs, or pass executor.address of a Ray cluster with GPUs")
+
     def _pool(self) -> list:
         if self._actors:
             return self._actors
         import ray
 
         if not ray.is_initialized():
-            address = self.config.address or os.environ.get("RAY_ADDRESS")
+            address = self._address()
             if address:
                 ray.init(address=address, logging_level="WARNING")
             else:
@@ -85,6 +109,7 @@ class RayExecutor:
                     logging_level="WARNING", dashboard_host="127.0.0.1",
                 )
                 self._started_cluster = True
+        self._check_gpus(ray.cluster_resources().get("GPU", 0.0), "the Ray cluster")
         self._worker = ray.remote(StageWorker).options(
             num_cpus=self.config.num_cpus_per_worker,
             num_gpus=self.config.num_gpus_per_worker,
@@ -201,6 +226,15 @@ class StageWorker:
 
     def run(self, stage: Stage, unit: WorkUnit, warehouse_uri: str, info: RunInfo) -> dict[str, int]:
         return run_unit(stage, unit, warehouse_uri, info)
+
+    def placement(self) -> tuple[list, str]:
+        """The GPUs Ray gave this actor and the device its units compute on (`device: auto`): its GPU where CUDA is
+        present (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
+        import ray
+
+        from survey.validation import resolve_device
+
+        return [str(gpu) for gpu in ray.get_gpu_ids()], str(resolve_device("auto"))
 
 
 def make_executor(config: ExecutorConfig) -> Executor:

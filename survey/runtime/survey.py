@@ -80,9 +80,10 @@ def run_survey(
                 if (stage := STAGES[name](config)).configured]
     for stage in selected:
         stage.check()
+    executor = make_executor(config.executor)
+    executor.check()
     warehouse.ensure_writable()
     info = RunInfo(run_id=uuid.uuid4().hex[:16], threads=config.executor.threads_per_worker)
-    executor = make_executor(config.executor)
     reports = []
     try:
         for stage in selected:
