@@ -21,10 +21,13 @@ from survey.errors import NotApplicable, SurveyError
 from survey.validation import check_int, real_array, resolve_device
 
 # Center-correlation removal (DESIGN §5.2 step 2).
-N_RESTARTS = 10  # Stiefel restarts per K, as in the reference code
-STIEFEL_MAX_ITER = 100  # per restart; past the true rank L is flat: more iterations move res_K by < 1e-3, α by < 1e-4
-STIEFEL_GTOL = 1e-6  # stop when ‖Riemannian gradient‖ ≤ GTOL · max(1, L)
-STIEFEL_FTOL = 1e-10  # ... or when an iteration lowers L by less than FTOL · L
+N_RESTARTS = 50  # Stiefel restarts per K; the minimum of lowest L is kept
+STIEFEL_MAX_ITER = 300  # per restart
+STIEFEL_GTOL = 1e-10  # stop when ‖Riemannian gradient‖ ≤ GTOL · max(1, L)
+MINIMUM_GTOL = 1e-6  # a restart ending with ‖Riemannian gradient‖ ≤ MINIMUM_GTOL · max(1, L) reached a minimum
+ARMIJO = 1e-4  # sufficient-decrease constant of the line search
+WOLFE = 0.1  # strong Wolfe curvature: a step is final once |slope| ≤ WOLFE·|initial slope|
+LOSS_ROUNDING = 1e-10  # changes of L below this fraction of L are rounding: steps are judged by slopes alone
 ENERGY = 0.95  # maxK = 11 + number of leading singular values of the centers holding < 95% of their energy
 
 
@@ -33,7 +36,8 @@ class CapacityResult:
     """Per-manifold capacity α_μ, radius R_M and dimension D_M, and their aggregates (DESIGN §5.2 step 5).
 
     `capacity` = 1 / mean(1/α_μ); `radius`, `dimension` are means. `center_correlation` is ρ₀, the mean
-    |cos| between centers before any removal; `K` is the number of center directions removed.
+    |cos| between centers before any removal; `center_subspace` (N × K, orthonormal columns) is the center
+    subspace removed (step 2), found or given; `K` is its number of directions.
     """
 
     capacities: np.ndarray
@@ -44,6 +48,7 @@ class CapacityResult:
     dimension: float
     center_correlation: float
     K: int
+    center_subspace: np.ndarray
 
 
 def manifold_capacity(
@@ -53,14 +58,17 @@ def manifold_capacity(
     t_vectors: Sequence[np.ndarray] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
+    center_subspace: np.ndarray | None = None,
 ) -> CapacityResult:
     """Mean-field manifold capacity at margin `kappa` (Chung et al. PRX 2018 eqs. 16–17; Cohen et al. 2020).
 
     `manifolds`: P ≥ 2 arrays N × M_μ (features × points). `t_vectors`: optional P arrays (D_μ+1) × n_t of
     Gaussian samples, D_μ = min(N, M_μ), expressed in the manifold's QR frame; otherwise drawn from `seed`,
-    which also seeds the center-correlation removal. `device`: where the anchor points are solved (default:
-    CUDA when available). Duplicate points are fine. A manifold whose center coincides with the global mean
-    (after the removal) has no defined radius relative to its center and raises SurveyError.
+    which also seeds the center-correlation removal. `center_subspace`: an N × K array with orthonormal columns,
+    K < P (e.g. a result's `center_subspace`; N × 0 removes nothing), removed instead of searching for one.
+    `device`: where the anchor points are solved (default: CUDA when available). Duplicate points are fine. A
+    manifold whose center coincides with the global mean (after the removal) has no defined radius relative to
+    its center and raises SurveyError.
     """
     xs = check_manifolds(manifolds)
     if not isinstance(kappa, numbers.Real) or not math.isfinite(kappa):
@@ -74,8 +82,10 @@ def manifold_capacity(
         ts = [rng.standard_normal((d + 1, n_t)) for d in dims]
     else:
         ts = _check_t_vectors(t_vectors, dims, n_t)
+    if center_subspace is not None:
+        center_subspace = _check_center_subspace(center_subspace, xs[0].shape[0], len(xs))
     dev = resolve_device(device)
-    origin, removed, rho0, k = center_structure(xs, seed)
+    origin, removed, rho0, k = center_structure(xs, seed, center_subspace)
 
     # Steps 3–5, one batch per manifold size.
     alpha, radius, dimension = np.empty(len(xs)), np.empty(len(xs)), np.empty(len(xs))
@@ -92,16 +102,18 @@ def manifold_capacity(
         capacity = float(1.0 / np.mean(1.0 / alpha))
     return CapacityResult(capacities=alpha, radii=radius, dimensions=dimension, capacity=capacity,
                           radius=float(radius.mean()), dimension=float(dimension.mean()),
-                          center_correlation=rho0, K=k)
+                          center_correlation=rho0, K=k, center_subspace=removed)
 
 
-def center_structure(xs: list[np.ndarray], seed: int = 0) -> tuple[np.ndarray, np.ndarray, float, int]:
+def center_structure(
+    xs: list[np.ndarray], seed: int = 0, center_subspace: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float, int]:
     """DESIGN §5.2 steps 1–2 on checked manifolds: global mean x̄ (N × 1), removed center subspace (N × K), ρ₀, K.
 
     Centers minus their mean are expressed in an orthonormal basis q of their span (Y = coordinates, P × rank;
     the left singular vectors above rounding, so that exactly low-rank centers keep a well-posed L); ρ₀ is their
-    mean |cos|; the removed subspace is q V with V from the low-rank center-correlation removal (Cohen et al.
-    2020), whose restarts are seeded by `seed`.
+    mean |cos|; the removed subspace is `center_subspace` when given (checked), else q V with V from the low-rank
+    center-correlation removal (Cohen et al. 2020), whose restarts are seeded by `seed`.
     """
     origin = np.concatenate(xs, axis=1).mean(axis=1, keepdims=True)
     centers = np.stack([x.mean(axis=1) for x in xs], axis=1)  # N × P
@@ -115,6 +127,8 @@ def center_structure(xs: list[np.ndarray], seed: int = 0) -> tuple[np.ndarray, n
     rank = int(np.sum(singular > max(centered.shape) * np.finfo(np.float64).eps * singular[0]))
     q = q[:, :rank]
     y = centered.T @ q  # P × rank
+    if center_subspace is not None:
+        return origin, center_subspace, mean_abs_cosine(y), center_subspace.shape[1]
     v, k = _center_correlation_subspace(y, np.random.default_rng([seed, 0]))
     return origin, q @ v, mean_abs_cosine(y), k
 
@@ -157,6 +171,25 @@ def _check_t_vectors(t_vectors: Sequence[np.ndarray], dims: list[int], n_t: int)
     return ts
 
 
+def _check_center_subspace(center_subspace: object, n_features: int, n_manifolds: int) -> np.ndarray:
+    """A given removed center subspace as a finite float64 N × K array with orthonormal columns, K < P."""
+    fix = (f"pass a finite N × K array with orthonormal columns, N = {n_features} features and K < P = {n_manifolds} "
+           "(e.g. a result's center_subspace)")
+    if isinstance(center_subspace, np.ndarray) and center_subspace.size == 0:  # N × 0: nothing to remove
+        subspace = center_subspace.astype(np.float64)
+    else:
+        subspace = real_array(center_subspace, "center_subspace", finite=False)
+    if subspace.ndim != 2 or subspace.shape[0] != n_features or subspace.shape[1] >= n_manifolds:
+        raise SurveyError(f"center_subspace has shape {subspace.shape}; {fix}")
+    bad = int(np.count_nonzero(~np.isfinite(subspace)))
+    if bad:
+        raise SurveyError(f"center_subspace has {bad} non-finite values (NaN or inf); {fix}")
+    error = float(np.abs(subspace.T @ subspace - np.eye(subspace.shape[1])).max(initial=0.0))
+    if error > 1e-6:
+        raise SurveyError(f"center_subspace's columns are not orthonormal (|VᵀV − I| reaches {error:.2g}); {fix}")
+    return subspace
+
+
 # ---------------------------------------------------------------- step 2: center-correlation removal
 
 
@@ -164,8 +197,10 @@ def _center_correlation_subspace(y: np.ndarray, rng: np.random.Generator) -> tup
     """V (rank × K*) spanning the center directions to remove, and K* (DESIGN §5.2 step 2; Cohen et al. 2020).
 
     For K = 1 … maxK, minimise L(V) on the Stiefel manifold from N_RESTARTS starts (the previous solution plus
-    one random center direction), keep the most stable solution, and record res_K; stop once res_K has risen
+    one random center direction), keep the minimum of lowest L, and record res_K; stop once res_K has risen
     three times in a row (K ≥ 5). K* = argmin res_K; K ≤ rank − 1 (≤ P − 2), so K = 0 when P = 2 or N = 1.
+    L has no minimum where a center is removed entirely (c0_μ → 0), yet descends towards it: restarts that slide
+    there never reach a small gradient and are not candidates; where every restart does, the search stops.
     """
     n_centers, rank = y.shape
     energy = np.cumsum(np.linalg.svd(y, compute_uv=False) ** 2)
@@ -177,9 +212,12 @@ def _center_correlation_subspace(y: np.ndarray, rng: np.random.Generator) -> tup
         starts = np.stack([np.linalg.qr(np.column_stack([y.T @ rng.standard_normal(n_centers), v]))[0]
                            for _ in range(N_RESTARTS)])
         candidates = _stiefel_minimise(y, gram, starts)
-        rest = y[None] - (y @ candidates) @ np.swapaxes(candidates, 1, 2)
-        stability = (np.linalg.norm(rest, axis=2) / np.linalg.norm(y, axis=1)).min(axis=1)
-        v = candidates[int(np.argmax(stability))]
+        loss, egrad = _correlation_loss(candidates, y, gram)
+        grad = _tangent(candidates, egrad)
+        minimum = np.sqrt(_inner(grad, grad)) <= MINIMUM_GTOL * np.maximum(1.0, loss)
+        if not minimum.any():
+            break
+        v = candidates[int(np.argmin(np.where(minimum, loss, np.inf)))]
         solutions.append(v)
         residuals.append(mean_abs_cosine(y - y @ v @ v.T))
         if k >= 5 and residuals[-1] > residuals[-2] > residuals[-3] > residuals[-4]:
@@ -188,22 +226,20 @@ def _center_correlation_subspace(y: np.ndarray, rng: np.random.Generator) -> tup
     return solutions[best], best
 
 
-def _correlation_loss(
-    v: np.ndarray, y: np.ndarray, gram: np.ndarray, gradient: bool = True
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _correlation_loss(v: np.ndarray, y: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """L(V) = ½ Σ_μν (G − (YV)(YV)ᵀ)²_μν / (c0_μ c0_ν) and its Euclidean gradient, for V of shape (..., r, K).
 
     Cohen et al. 2020 (Methods, center correlation); with c = YV, E = G − ccᵀ, c0 = diag G − ‖c_μ‖²,
-    F = E / (c0 c0ᵀ): ∂L/∂c = −2 F c + 2 (F² c0) ∘ c and ∂L/∂V = Yᵀ ∂L/∂c.
+    F = E / (c0 c0ᵀ): ∂L/∂c = −2 F c + 2 (F² c0) ∘ c and ∂L/∂V = Yᵀ ∂L/∂c. Where V removes a center entirely
+    (c0_μ = 0) L is undefined (nan or inf), which the line search rejects.
     """
     c = y @ v
     e = gram - c @ np.swapaxes(c, -1, -2)
     c0 = np.diagonal(gram) - np.sum(c * c, axis=-1)
-    f = e / (c0[..., :, None] * c0[..., None, :])
-    loss = 0.5 * np.sum(e * f, axis=(-2, -1))
-    if not gradient:
-        return loss, None
-    grad_c = -2.0 * f @ c + 2.0 * ((f * f) @ c0[..., None]) * c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = e / (c0[..., :, None] * c0[..., None, :])
+        loss = 0.5 * np.sum(e * f, axis=(-2, -1))
+        grad_c = -2.0 * f @ c + 2.0 * ((f * f) @ c0[..., None]) * c
     return loss, y.T @ grad_c
 
 
@@ -227,9 +263,13 @@ def _inner(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _stiefel_minimise(y: np.ndarray, gram: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Minimise L(V) over orthonormal V from each start v[i] (batched): Riemannian conjugate gradient.
 
-    Polak–Ribière+ directions transported by projection, QR retraction, Armijo backtracking by quadratic
-    interpolation from the step 2ΔL/slope (Absil, Mahony & Sepulchre 2008, ch. 4 and 8; Nocedal & Wright 2006,
-    sec. 3.5); stops per start on a small gradient or a stalled decrease.
+    Polak–Ribière+ directions transported by projection, QR retraction (Absil, Mahony & Sepulchre 2008, ch. 4
+    and 8). Line search (Nocedal & Wright 2006, sec. 3.5): backtrack by quadratic interpolation to a step of
+    Armijo decrease, then refine it by secant steps on the slope while they lower L, until the strong Wolfe
+    condition |slope| ≤ WOLFE·|slope₀| holds (near-exact searches keep CG fast on ill-conditioned minima). Where
+    a step changes L by less than its rounding, the slopes alone decide (Hager & Zhang 2005), so that V converges
+    to the gradient's precision, not √ε. Stops per start when ‖grad‖ ≤ STIEFEL_GTOL·max(1, L), when no step is
+    accepted, or after STIEFEL_MAX_ITER iterations.
     """
     loss, egrad = _correlation_loss(v, y, gram)
     grad = _tangent(v, egrad)
@@ -246,35 +286,44 @@ def _stiefel_minimise(y: np.ndarray, gram: np.ndarray, v: np.ndarray) -> np.ndar
         direction[idx[uphill]] = -grad[idx[uphill]]
         slope[uphill] = -gg[idx[uphill]]
         t = step[idx]
-        new_v = v[idx].copy()
-        new_loss = loss[idx].copy()
+        new_v, new_loss, new_grad = v[idx].copy(), loss[idx].copy(), grad[idx].copy()
+        taken = np.zeros(idx.size)  # the step accepted (0: none yet)
         pending = np.arange(idx.size)
         for _ in range(40):
-            trial = _retract(v[idx[pending]] + t[pending, None, None] * direction[idx[pending]])
-            trial_loss, _ = _correlation_loss(trial, y, gram, gradient=False)
-            excess = trial_loss - loss[idx[pending]] - t[pending] * slope[pending]
-            ok = trial_loss <= loss[idx[pending]] + 1e-4 * t[pending] * slope[pending]
-            new_v[pending[ok]], new_loss[pending[ok]] = trial[ok], trial_loss[ok]
-            fail = pending[~ok]
-            if fail.size == 0:
-                pending = fail
+            at, s0, ti = idx[pending], slope[pending], t[pending]
+            trial = _retract(v[at] + ti[:, None, None] * direction[at])
+            trial_loss, trial_egrad = _correlation_loss(trial, y, gram)
+            trial_grad = _tangent(trial, trial_egrad)
+            trial_slope = _inner(trial_grad, _tangent(trial, direction[at]))
+            excess = trial_loss - loss[at] - ti * s0
+            flat = np.abs(trial_loss - loss[at]) <= LOSS_ROUNDING * loss[at]
+            wolfe = np.abs(trial_slope) <= -WOLFE * s0
+            armijo = (trial_loss <= loss[at] + ARMIJO * ti * s0) & (trial_loss <= new_loss[pending])
+            take = np.where(flat, wolfe, armijo)  # the best step so far
+            new_v[pending[take]], new_loss[pending[take]] = trial[take], trial_loss[take]
+            new_grad[pending[take]] = trial_grad[take]
+            done = (take & wolfe) | ((taken[pending] > 0) & ~take)
+            taken[pending[take]] = ti[take]
+            more = ~done
+            pending, s0, ti, take, flat = pending[more], s0[more], ti[more], take[more], flat[more]
+            if pending.size == 0:
                 break
-            quadratic = -slope[fail] * t[fail] ** 2 / (2.0 * np.maximum(excess[~ok], 1e-300))
-            t[fail] = np.clip(np.nan_to_num(quadratic, nan=0.0), 0.1 * t[fail], 0.5 * t[fail])
-            pending = fail
-        stalled = np.zeros(idx.size, dtype=bool)
-        stalled[pending] = True  # no decrease found: a (numerical) minimum
-        _, new_egrad = _correlation_loss(new_v, y, gram)
-        new_grad = _tangent(new_v, new_egrad)
+            rise = s0 - trial_slope[more]
+            secant = np.where(rise < 0, ti * s0 / np.minimum(rise, -1e-300), 10.0 * ti)  # where the slope would be 0
+            quadratic = -s0 * ti**2 / (2.0 * np.maximum(excess[more], 1e-300))
+            t[pending] = np.where(take | flat, np.clip(secant, 0.1 * ti, 10.0 * ti),
+                                  np.clip(np.nan_to_num(quadratic, nan=0.0), 0.1 * ti, 0.5 * ti))
+        stalled = taken == 0  # no step accepted: a (numerical) minimum
         new_gg = _inner(new_grad, new_grad)
         beta = np.maximum(0.0, _inner(new_grad, new_grad - _tangent(new_v, grad[idx])) / gg[idx])
         direction[idx] = -new_grad + beta[:, None, None] * _tangent(new_v, direction[idx])
         decrease = loss[idx] - new_loss
         new_slope = _inner(new_grad, direction[idx])
-        step[idx] = np.where(new_slope < 0, 2.0 * decrease / np.maximum(-new_slope, 1e-300), t)
+        # next first trial: 2ΔL/|slope| (Nocedal & Wright eq. 3.61), or t·slope_old/slope where ΔL is rounding (3.60)
+        drop = np.where(decrease > LOSS_ROUNDING * new_loss, 2.0 * decrease, -taken * slope)
+        step[idx] = np.where(new_slope < 0, drop / np.maximum(-new_slope, 1e-300), taken)
         v[idx], loss[idx], grad[idx], gg[idx] = new_v, new_loss, new_grad, new_gg
-        live[idx] = ~stalled & (np.sqrt(new_gg) > STIEFEL_GTOL * np.maximum(1.0, new_loss)) & (
-            decrease > STIEFEL_FTOL * new_loss)
+        live[idx] = ~stalled & (np.sqrt(new_gg) > STIEFEL_GTOL * np.maximum(1.0, new_loss))
     return v
 
 

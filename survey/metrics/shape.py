@@ -85,6 +85,11 @@ def partial_whitening_scales(singular_values: torch.Tensor, alpha: float) -> tor
 
     With λ = s² (eigenvalues of XcᵀXc, clipped at 1e-7), d = α + (1 − α) λ^(−1/2) and Z = V diag(c·d) Vᵀ,
     X_w = U diag(c·s·d) Vᵀ; c makes ‖X_w‖_F = ‖Xc‖_F.
+
+    Each representation is whitened on its own: c counts only its min(m, n) singular values. netrep zero-pads the
+    narrower representation first and counts every eigenvalue of the padded XcᵀXc (each clipped zero adds about
+    (1 − α)²), so its c, and hence its euclidean score at α < 1, depends on the other representation's width (and
+    on units beyond m); the angular score, blind to a common scale, is the same.
     """
     lam = singular_values.square().clamp_min(EIGENVALUE_FLOOR)
     scaled = singular_values * (alpha + (1.0 - alpha) * lam.rsqrt())
