@@ -200,32 +200,14 @@ def test_unit_user_error_commits_nothing_and_resumes(cluster, reference, tmp_pat
 def test_job_driver_killed_then_resubmitted(ray_token, reference, tmp_path):
     """SIGKILL the survey's driver under `ray job submit` mid-stage; submitting the job again resumes, and the
     catalog equals an uninterrupted run's."""
-    import shutil
     import subprocess
-    import sys
 
-    import yaml
+    from .test_ray import job_head, job_path
 
-    from .test_ray import REPO, _free_port, _wait_for_dashboard
-
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])  # the job's `python`
-    env = {**os.environ, "PATH": path}
-    gcs_port, dashboard_port = _free_port(), _free_port()
-    ray = shutil.which("ray", path=path)
-    head = subprocess.Popen(
-        [ray, "start", "--head", "--block", f"--node-ip-address={LOCAL}", f"--port={gcs_port}",
-         f"--dashboard-host={LOCAL}", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
-         "--disable-usage-stats", "--include-dashboard=true"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        _wait_for_dashboard(dashboard_port, head)
-        work = tmp_path / "work"
-        shutil.copytree(REPO / "jobs", work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
-        config = {**TINY, "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}}
-        (work / "survey.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": job_path()}
+    with job_head(tmp_path, env) as (ray, address, work):
         warehouse = Warehouse(tmp_path / "wh")
-        submit = [ray, "job", "submit", "--address", f"http://{LOCAL}:{dashboard_port}", "--working-dir", str(work),
+        submit = [ray, "job", "submit", "--address", address, "--working-dir", str(work),
                   "--", "python", "-m", "jobs.run_survey", "--config", "survey.yaml", "--warehouse", warehouse.uri]
 
         def kill_driver() -> None:  # the job's entrypoint process: ours, found by its unique warehouse path
@@ -248,10 +230,3 @@ def test_job_driver_killed_then_resubmitted(ray_token, reference, tmp_path):
         second = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=work)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         _assert_same_catalog(warehouse, reference)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()

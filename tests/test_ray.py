@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,13 +55,13 @@ def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120)
     raise TimeoutError(f"Ray dashboard did not open port {port}")
 
 
-def test_ray_job_submit_to_our_own_head(tmp_path):
-    """Start a token-authenticated Ray head on 127.0.0.1, submit the survey as a job, check the catalog by SQL,
-    and stop that head by its own PID (never `ray stop`, which would stop every cluster on the machine)."""
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])  # the job's `python`
-    env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+@contextlib.contextmanager
+def job_head(tmp_path: Path, env: dict) -> Iterator[tuple[str, str, Path]]:
+    """Our own Ray head on 127.0.0.1 (stopped by its process group, never `ray stop`, which would stop every cluster
+    on the machine) and a job working directory holding jobs/ and survey.yaml (TINY on 2 single-CPU actors): yields
+    the `ray` command, the dashboard address and that directory."""
+    ray = shutil.which("ray", path=env["PATH"])
     gcs_port, dashboard_port = _free_port(), _free_port()
-    ray = shutil.which("ray", path=path)
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
@@ -72,7 +74,26 @@ def test_ray_job_submit_to_our_own_head(tmp_path):
         shutil.copytree(REPO / "jobs", work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
         config = {**TINY, "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}}
         (work / "survey.yaml").write_text(yaml.safe_dump(config))
-        address = f"http://127.0.0.1:{dashboard_port}"
+        yield ray, f"http://127.0.0.1:{dashboard_port}", work
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def job_path() -> str:
+    """PATH with this interpreter's folder first: the job's `python` and the `ray` command."""
+    return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+
+
+def test_ray_job_submit_to_our_own_head(tmp_path):
+    """Start a token-authenticated Ray head on 127.0.0.1, submit the survey as a job, check the catalog by SQL,
+    and stop that head by its own PID."""
+    env = {**os.environ, "PATH": job_path(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    with job_head(tmp_path, env) as (ray, address, work):
         submissions = {
             "ray": [ray, "job", "submit", "--address", address, "--working-dir", str(work), "--",
                     "python", "-m", "jobs.run_survey", "--config", "survey.yaml", "--warehouse", str(tmp_path / "ray")],
@@ -91,13 +112,6 @@ def test_ray_job_submit_to_our_own_head(tmp_path):
             assert set(rows) == {'"network"', '"session"'} and int(rows['"session"']) == 12
             assert table_counts(Warehouse(warehouse))["networks"] == 4
         assert catalog_fingerprint(Warehouse(tmp_path / "ray")) == catalog_fingerprint(Warehouse(tmp_path / "survey"))
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
 
 
 def test_actors_take_the_gpus_they_ask_for_and_compute_on_the_cpu_without_cuda(tmp_path):

@@ -109,14 +109,19 @@ def distance_heatmap(data: Columns) -> Figure:
     return figure
 
 
-def _curves_by_depth(axis, data: Columns, value: str, *, areas: bool = True) -> None:
-    """Mean of `value` per objective and depth bin (lines) and per recorded area at its depth (stars)."""
-    network = data["source_kind"] == "network"
-    means = grouped_means((data["objective"][network], depth_bin(data["depth"][network])), data[value][network])
+def _objective_lines(axis, data: Columns, chosen: np.ndarray, value: str) -> None:
+    """One line per objective: the mean of `value` over the `chosen` rows in each depth bin."""
+    means = grouped_means((data["objective"][chosen], depth_bin(data["depth"][chosen])), data[value][chosen])
     for objective in sorted({key[0] for key in means}):
         depths = sorted(key[1] for key in means if key[0] == objective)
         axis.plot(depths, [means[(objective, d)] for d in depths], marker="o", markersize=3,
                   color=colour(objective, OBJECTIVE_COLOURS), label=objective)
+
+
+def _curves_by_depth(axis, data: Columns, value: str, *, areas: bool = True) -> None:
+    """Mean of `value` per objective and depth bin (lines) and per recorded area at its depth (stars)."""
+    network = data["source_kind"] == "network"
+    _objective_lines(axis, data, network, value)
     if areas and (~network).any():
         area_means = grouped_means((data["layer_or_area"][~network], data["depth"][~network].astype(float)),
                                    data[value][~network])
@@ -148,13 +153,7 @@ def distance_to_areas(data: Columns) -> Figure:
     for row, metric in enumerate(metrics):
         for column, area in enumerate(areas):
             axis = axes[row, column]
-            chosen = (data["metric"] == metric) & (data["area"] == area)
-            means = grouped_means((data["objective"][chosen], depth_bin(data["depth"][chosen])),
-                                  data["distance"][chosen])
-            for objective in sorted({key[0] for key in means}):
-                depths = sorted(key[1] for key in means if key[0] == objective)
-                axis.plot(depths, [means[(objective, d)] for d in depths], marker="o", markersize=3,
-                          color=colour(objective, OBJECTIVE_COLOURS), label=objective)
+            _objective_lines(axis, data, (data["metric"] == metric) & (data["area"] == area), "distance")
             axis.set_title(f"{area} · {metric}", fontsize=9)
             axis.set_xlabel("layer depth")
             axis.set_ylabel("distance")
@@ -199,13 +198,7 @@ def predictivity_by_depth(data: Columns) -> Figure:
     areas = sorted(set(data["area"]), key=lambda area: list(AREA_COLOURS).index(area) if area in AREA_COLOURS else 9)
     figure, axes = _frame(len(areas), width=3.4)
     for axis, area in zip(axes[0], areas, strict=True):
-        chosen = data["area"] == area
-        means = grouped_means((data["objective"][chosen], depth_bin(data["depth"][chosen])),
-                              data["median_corrected"][chosen])
-        for objective in sorted({key[0] for key in means}):
-            depths = sorted(key[1] for key in means if key[0] == objective)
-            axis.plot(depths, [means[(objective, d)] for d in depths], marker="o", markersize=3,
-                      color=colour(objective, OBJECTIVE_COLOURS), label=objective)
+        _objective_lines(axis, data, data["area"] == area, "median_corrected")
         axis.set_title(f"area {area}")
         axis.set_xlabel("layer depth")
         axis.set_ylabel("median corrected r")
