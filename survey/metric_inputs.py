@@ -1,6 +1,6 @@
 """What each shape metric compares, read from a representation's catalog row: the one home of the input rules that
-the distances stage and search share (which array a metric reads, who is eligible, how conv maps are pooled), and a
-per-process cache of prepared representations, bounded in bytes."""
+the distances stage and search share (which array a metric reads, who is eligible, how conv maps are pooled), and
+prepared representations: stored in the warehouse once made, and cached per process, bounded in bytes."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import torch
 from survey.activations import pool_positions
 from survey.catalog import Warehouse
 from survey.errors import SurveyError
+from survey.hashing import content_key
 from survey.metrics.shape import Prepared, ShapeMetric
 
 REP_COLUMNS = ["rep_id", "stimset_id", "n_stimuli", "array_uri", "spatial_uri", "repeats_uri"]  # what the rules read
 PREPARED_CACHE_BYTES = 1 << 30  # prepared representations kept per process (a worker, the search server)
+PREPARED_FORMAT = 1  # in a stored factor's name: bump when ShapeMetric.prepare changes, so that none is reused
 
 
 def metric_array_uri(metric: str, rep: Mapping) -> str | None:
@@ -70,17 +72,34 @@ def _nbytes(prepared: Prepared) -> int:
 _CACHE = PreparedCache(PREPARED_CACHE_BYTES)
 
 
-def load_prepared(engine: ShapeMetric, warehouse_uri: str, rep: Mapping, conv_size: int | None) -> Prepared:
-    """A representation prepared for `engine`, loaded once per process while it stays in the cache (keyed by
-    metric configuration and array)."""
+def load_prepared(engine: ShapeMetric, warehouse_uri: str, rep: Mapping, conv_size: int | None, *,
+                  store: bool = True) -> Prepared:
+    """A representation prepared for `engine`: kept in this process's cache (keyed by metric configuration and
+    array), else read from the factors stored in the warehouse, else prepared, and (with `store`) stored there, so
+    that each representation is whitened once for all workers and runs (DESIGN §5.1)."""
     uri = metric_array_uri(engine.metric, rep)
     key = (engine.metric, engine.alpha, engine.score, engine.center, str(engine.device), warehouse_uri, uri, conv_size)
     prepared = _CACHE.get(key)
     if prepared is None:
-        array = Warehouse(warehouse_uri).load_array(uri)
-        if array.shape[0] != rep["n_stimuli"]:
-            raise SurveyError(f"representation {rep['rep_id']} has {array.shape[0]} stimuli in {uri} but its "
-                              f"catalog row says {rep['n_stimuli']}; re-run the activations stage for it")
-        prepared = engine.prepare(metric_input(engine.metric, array, conv_size), rep["rep_id"])
+        warehouse = Warehouse(warehouse_uri)
+        path = prepared_path(engine, uri, conv_size)
+        if (stored := warehouse.stored(path)) is not None:
+            prepared = Prepared.from_arrays(warehouse.load_npz(stored), engine.device)
+        else:
+            array = warehouse.load_array(uri)
+            if array.shape[0] != rep["n_stimuli"]:
+                raise SurveyError(f"representation {rep['rep_id']} has {array.shape[0]} stimuli in {uri} but its "
+                                  f"catalog row says {rep['n_stimuli']}; re-run the activations stage for it")
+            prepared = engine.prepare(metric_input(engine.metric, array, conv_size), rep["rep_id"])
+            if store:
+                warehouse.put_npz(path, prepared.to_arrays())
         _CACHE.put(key, prepared)
     return prepared
+
+
+def prepared_path(engine: ShapeMetric, array_uri: str, conv_size: int | None) -> str:
+    """Where the warehouse keeps an array's factors for `engine`: named by what `ShapeMetric.prepare` reads (the
+    metric, alpha, centering, conv pooling, the array's content-hashed file name) and PREPARED_FORMAT."""
+    name = content_key("prepared", engine.metric, engine.alpha, engine.center, conv_size,
+                       array_uri.rsplit("/", 1)[-1], PREPARED_FORMAT)
+    return f"arrays/prepared/{name}.npz"

@@ -3,6 +3,7 @@ resumable and safe under concurrent runs, equal to `pairwise`; landmarks mode.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +16,8 @@ from survey.catalog import Warehouse, connect
 from survey.config import SurveyConfig, parse_config
 from survey.embedding import maxmin_landmarks
 from survey.errors import SurveyError
-from survey.metrics.shape import pairwise
+from survey.metric_inputs import load_prepared, prepared_path
+from survey.metrics.shape import ShapeMetric, pairwise
 from survey.runtime.survey import run_survey
 from survey.sources.families import Synthetic, write_representations
 from survey.stages import RunInfo
@@ -129,6 +131,34 @@ def test_a_stage_compacts_what_it_wrote_once_small_files_pile_up(tmp_path):
     assert [c["operation"] for c in reversed(snapshot.history())] == ["WRITE"] * 8 + ["OPTIMIZE"] + ["WRITE"] * 2
     assert len(snapshot.file_uris()) == 3
     assert len(warehouse.done_keys("shape_distances")) == 10 and len(stored(warehouse)) == 30 * 29 // 2
+
+
+def test_each_representation_is_prepared_once_and_later_tiles_and_runs_read_its_stored_factors(tmp_path):
+    warehouse = Warehouse(tmp_path / "wh")
+    grow(Synthetic(n_families=4, n_stimuli=30, units=6, seed=6), 30, warehouse)
+    config = distances_config()
+    run_survey(config, warehouse, progress=False)
+    units = DistancesStage(config).plan(warehouse, RunInfo("plan"))
+    assert [unit.payload["cols"] is None for unit in units] == [True] * 4 + [False] * 6  # 4 blocks, diagonals first
+    assert len(list((tmp_path / "wh" / "arrays" / "prepared").iterdir())) == 30  # one per representation
+
+    engine, (first, second) = ShapeMetric(METRIC["metric"], METRIC["alpha"]), warehouse.rows("representations")[:2]
+    fresh = engine.prepare(warehouse.load_array(first["array_uri"]))
+    stored_factors = warehouse.load_npz(warehouse.stored(prepared_path(engine, first["array_uri"], None)))
+    np.testing.assert_array_equal(stored_factors["data0"], fresh.data.numpy())
+    # A copy of the warehouse (no process has it cached) whose stored factors are doubled: those are what is used.
+    shutil.copytree(tmp_path / "wh", tmp_path / "copy")
+    copy = Warehouse(tmp_path / "copy")
+    copy.put_npz(prepared_path(engine, first["array_uri"], None),
+                 {"data0": 2 * stored_factors["data0"], "norm": 2 * stored_factors["norm"]})
+    np.testing.assert_array_equal(load_prepared(engine, copy.uri, first, None).data.numpy(), 2 * fresh.data.numpy())
+    # Without `store` (the search service) a missing factor is prepared and not written; with it, written.
+    missing = tmp_path / "copy" / prepared_path(engine, second["array_uri"], None)
+    missing.unlink()
+    load_prepared(engine, copy.uri, second, None, store=False)
+    assert not missing.exists()
+    load_prepared(engine, f"{copy.uri}/", second, None)  # another spelling of the root: not in the process cache
+    assert missing.exists()
 
 
 def test_an_interrupted_stage_resumes_with_only_its_missing_tiles(tmp_path, monkeypatch):

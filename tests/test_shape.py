@@ -3,12 +3,14 @@ of `tests/shape_reference.py`, and one-line errors that name the bad representat
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from scipy.stats import ortho_group
 
 from survey.errors import SurveyError
-from survey.metrics.shape import ShapeMetric, distance, pairwise
+from survey.metrics.shape import Prepared, ShapeMetric, distance, pairwise
 from tests import shape_reference as ref
 
 SCORES = ("angular", "euclidean")
@@ -127,6 +129,26 @@ def test_pairwise_matches_distance_per_pair(metric: str, alpha: float) -> None:
         for i in range(len(reps)):
             for j in range(i + 1, len(reps)):
                 assert D[i, j] == pytest.approx(distance(reps[i], reps[j], metric, alpha, score), abs=1e-10)
+
+
+@pytest.mark.parametrize(("metric", "alpha"), [("linear", 0.5), ("permutation", 1.0), ("cka", 1.0),
+                                             ("stochastic", 1.0), ("conv", 0.5)])
+def test_prepared_factors_stored_as_npz_give_the_same_distances_bit_for_bit(metric: str, alpha: float) -> None:
+    """What the warehouse stores of a prepared representation (`Prepared.to_arrays`, written by np.savez) is read back
+    into factors that give exactly the distances of the freshly prepared ones."""
+    rng = np.random.default_rng(4)
+    make = {"stochastic": trials_rep, "conv": conv_rep}.get(metric, flat_rep)
+    engine = ShapeMetric(metric, alpha)
+    prepared = [engine.prepare(make(rng)) for _ in range(3)]
+    restored = []
+    for item in prepared:
+        buffer = io.BytesIO()
+        np.savez(buffer, **item.to_arrays())
+        buffer.seek(0)
+        with np.load(buffer, allow_pickle=False) as archive:
+            restored.append(Prepared.from_arrays({name: archive[name] for name in archive.files}))
+    assert [item.norm for item in restored] == [item.norm for item in prepared]
+    np.testing.assert_array_equal(engine.distances(restored, restored), engine.distances(prepared, prepared))
 
 
 # ---- invariances ------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -319,6 +319,17 @@ class Warehouse:
         path = f"{self.root}/{relative_path}"
         self._stage_and_move(path, lambda stream: stream.write(data))
         return self._prefix + path
+
+    def put_npz(self, relative_path: str, arrays: Mapping[str, np.ndarray]) -> str:
+        """Write `arrays` as an .npz at ``<root>/<relative_path>`` (staged, then renamed); returns its uri."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return self.put_bytes(relative_path, buffer.getvalue())
+
+    def stored(self, relative_path: str) -> str | None:
+        """The uri of ``<root>/<relative_path>`` when that file exists, else None."""
+        path = f"{self.root}/{relative_path}"
+        return self._prefix + path if self.fs.get_file_info(path).type == pafs.FileType.File else None
 
     def read_bytes(self, uri: str) -> bytes:
         with self.fs.open_input_stream(self._path(uri)) as stream:

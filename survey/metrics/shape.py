@@ -24,7 +24,7 @@ float64, with PyTorch on the GPU when there is one.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -64,6 +64,16 @@ class Prepared:
         """Columns of the factor: r for linear / CKA, units for permutation and stochastic, channels for conv."""
         data = self.data[0] if isinstance(self.data, tuple) else self.data
         return int(data.shape[-1] if data.ndim == 2 else data.shape[1])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The factors and norm as NumPy arrays (for storage); `from_arrays` gives back the same values bit for bit."""
+        tensors = self.data if isinstance(self.data, tuple) else (self.data,)
+        return {**{f"data{i}": tensor.cpu().numpy() for i, tensor in enumerate(tensors)}, "norm": np.array(self.norm)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> Prepared:
+        tensors = tuple(torch.from_numpy(arrays[f"data{i}"]).to(device) for i in range(len(arrays) - 1))
+        return cls(tensors if len(tensors) > 1 else tensors[0], float(arrays["norm"]))
 
 
 def check_representation(array: object, name: str, ndim: int = 2, layout: str = "stimuli × units") -> np.ndarray:

@@ -239,7 +239,8 @@ class SearchService:
 
     def _prepared(self, space: Space, rep_ids: list[str]) -> list[Prepared]:
         rows = self.catalog.rows
-        return [load_prepared(space.engine, self.warehouse.uri, rows[rep], space.row["conv_size"]) for rep in rep_ids]
+        return [load_prepared(space.engine, self.warehouse.uri, rows[rep], space.row["conv_size"], store=False)
+                for rep in rep_ids]  # a query service does not write to the warehouse
 
     def _landmarks(self, space: Space) -> list[Prepared]:
         """The space's landmarks prepared for its metric, kept for the life of the service: every upload needs all

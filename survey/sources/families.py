@@ -9,7 +9,6 @@ stores a population as a stimulus set and `representations` rows, as the activat
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,10 +92,9 @@ def write_representations(warehouse: Warehouse, synthetic: Synthetic, population
     features = synthetic.features.astype(np.float32)
     m, p = features.shape
     digest = array_hash(features)
-    buffer = io.BytesIO()
-    np.savez(buffer, images=features.reshape(m, p, 1, 1), labels=np.zeros(m, np.int64),
-             coords=np.zeros((m, 0), np.float32), features=features)
-    uri = warehouse.put_bytes(f"arrays/{digest[:32]}.npz", buffer.getvalue())
+    uri = warehouse.put_npz(f"arrays/{digest[:32]}.npz", {
+        "images": features.reshape(m, p, 1, 1), "labels": np.zeros(m, np.int64),
+        "coords": np.zeros((m, 0), np.float32), "features": features})
     params = {"name": stimset, "kind": "synthetic", "n": m, "n_features": p, "distribution": "standard normal"}
     stimset_id = content_key("stim", params, digest)
     warehouse.append_unit("stimulus_sets", stimset_id, [{

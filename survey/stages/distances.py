@@ -108,11 +108,13 @@ class DistancesStage(Stage):
         return {**metric.model_dump(), "conv_size": self.options.conv_size if metric.metric == "conv" else None}
 
     def _tiles(self, metric: DistanceMetric, stimset: dict, blocks: list[Block], members: dict) -> list[WorkUnit]:
-        """One unit per pair of blocks (i ≤ j) with something to compare."""
+        """One unit per pair of blocks (i ≤ j) with something to compare, the diagonal tiles (i, i) first: workers
+        running them at once prepare different blocks, and every later tile reads stored factors."""
         recipe, units = self.recipe(metric), []
         sides = [[members[rep] for rep in block.rep_ids if eligible(metric.metric, members[rep])] for block in blocks]
-        for i, rows in enumerate(sides):
-            for j in range(i, len(sides)):
+        for offset in range(len(sides)):
+            for i in range(len(sides) - offset):
+                j, rows = i + offset, sides[i]
                 cols = sides[j] if j > i else None
                 if len(rows) < (2 if cols is None else 1) or cols == []:
                     continue

@@ -3,7 +3,6 @@ pair's fitted readout (the encoding model a neuron's MEI is optimised through). 
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 
 import numpy as np
@@ -18,10 +17,9 @@ from survey.stages.stimuli import catalog_stimulus_sets
 
 def save_readout(warehouse: Warehouse, key: str, readout: Readout) -> str:
     """Store a fitted readout as ``arrays/readouts/<key>.npz``; returns its uri."""
-    buffer = io.BytesIO()
-    np.savez(buffer, mean=readout.mean, scale=readout.scale, weights=readout.weights, bias=readout.bias,
-             penalty=readout.penalty)
-    return warehouse.put_bytes(f"arrays/readouts/{key}.npz", buffer.getvalue())
+    return warehouse.put_npz(f"arrays/readouts/{key}.npz", {
+        "mean": readout.mean, "scale": readout.scale, "weights": readout.weights, "bias": readout.bias,
+        "penalty": readout.penalty})
 
 
 def load_readout(warehouse: Warehouse, uri: str) -> Readout:

@@ -11,7 +11,6 @@ makes it visible.
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime
 
 import duckdb
@@ -74,10 +73,9 @@ class SpacesStage(Stage):
         stress, stress_pairs = rows.sampled_stress(vectors)
         index = VectorIndex.build(vectors.astype(np.float32), np.arange(n), kind=spec.kind)
         folder = f"arrays/spaces/{unit.key}"
-        buffer = io.BytesIO()
-        np.savez(buffer, rep_ids=np.array(rep_ids), landmarks=landmarks,
-                 **{key: np.asarray(value) for key, value in embedder.state_dict().items()})
-        warehouse.put_bytes(f"{folder}/embedder.npz", buffer.getvalue())
+        warehouse.put_npz(f"{folder}/embedder.npz", {
+            "rep_ids": np.array(rep_ids), "landmarks": landmarks,
+            **{key: np.asarray(value) for key, value in embedder.state_dict().items()}})
         uri = warehouse.put_bytes(f"{folder}/index.faiss", index.to_bytes()).rsplit("/", 1)[0]
         landmark_set = set(landmarks.tolist())
         written = {"embeddings": warehouse.append_unit("embeddings", unit.key, [
