@@ -4,12 +4,14 @@ tests/test_mei_stage.py sets up itself)."""
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from survey.catalog import Warehouse
 from survey.config import SurveyConfig, parse_config
 
 TINY = {
@@ -38,6 +40,23 @@ TINY = {
     "predictivity": {"stimuli": ["natural"]},
     "spaces": {"build": [{"metric": {"metric": "linear", "alpha": 0.5}, "stimuli": "natural"}]},
 }
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory) -> Path:
+    """One MLflow SQLite store migrated once per session (the first connection runs MLflow's migrations, seconds)."""
+    from survey.mei.tracking import Tracker
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    Tracker(f"sqlite:///{folder / 'mlflow.db'}", experiment="template")
+    return folder / "mlflow.db"
+
+
+def with_tracking_store(warehouse: Warehouse, migrated_database: Path) -> Warehouse:
+    """`warehouse` with a copy of the migrated store where the MEI stage logs by default (<warehouse>/mlflow/)."""
+    Path(warehouse.root, "mlflow").mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_database, Path(warehouse.root, "mlflow", "mlflow.db"))
+    return warehouse
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
-"""Faults on a multi-node Ray cluster on one machine (a head and two worker raylets): a node or an actor killed, or
-a unit failing, while a stage runs. After each, the catalog equals an uninterrupted local run's: no row lost, none
-twice (DESIGN.md §3: a unit's rows land in one commit keyed by its unit_key; a re-run resumes)."""
+"""Faults on a multi-node Ray cluster on one machine (a head and two worker raylets), while a stage runs: a worker
+node killed (distances), an actor killed (activations, distances, capacity; mei, with its MLflow runs), the driver
+killed under `ray job submit` (capacity), a unit failing with a user error (capacity). After each, the catalog equals
+an uninterrupted local run's: no row lost, none twice (DESIGN.md §3: a unit's rows land in one commit keyed by its
+unit_key; a re-run resumes)."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -14,19 +17,51 @@ from pathlib import Path
 
 import pytest
 
-from survey.catalog import Warehouse
+from survey.catalog import Warehouse, connect
 from survey.config import parse_config
 from survey.errors import SurveyError
+from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 from survey.runtime.survey import STAGE_ORDER, STAGES, run_survey
 from survey.stages import RunInfo
+from survey.stages.activations import ActivationsStage
 from survey.stages.capacity import CapacityStage
+from survey.stages.distances import DistancesStage
+from survey.stages.mei import MeiStage
 
-from .conftest import TINY
+from .conftest import TINY, with_tracking_store
 from .test_survey import catalog_fingerprint, table_counts
 
 pytestmark = pytest.mark.ray
 LOCAL = "127.0.0.1"
 FAULT_STAGE = "capacity"  # 20 units of ~1 s each in TINY: long enough to hit mid-flight
+HOLD_S = 0.4  # activations (8 units) and distances (37) take ~30 ms a unit in TINY: held, a fault lands mid-stage
+
+
+class Held:
+    """A stage whose every unit waits HOLD_S before it runs (same units, same rows), so a fault lands mid-stage."""
+
+    def run(self, unit, warehouse, info):
+        time.sleep(HOLD_S)
+        return super().run(unit, warehouse, info)
+
+
+class HeldActivations(Held, ActivationsStage):
+    pass
+
+
+class HeldDistances(Held, DistancesStage):
+    pass
+
+
+class HeldMei(Held, MeiStage):
+    pass
+
+
+@pytest.fixture
+def held(monkeypatch) -> None:
+    """Run the activations and distances stages held (see Held)."""
+    monkeypatch.setitem(STAGES, "activations", HeldActivations)
+    monkeypatch.setitem(STAGES, "distances", HeldDistances)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +108,11 @@ def cluster(ray_token, monkeypatch) -> Iterator:
         cluster.shutdown()
 
 
-def _ray_config(cluster, **executor):
-    return parse_config({**TINY, "executor": {"kind": "ray", "address": cluster.address, "num_workers": 2,
-                                              "num_cpus_per_worker": 1, "restart_timeout_s": 20, **executor}})
+def _ray_config(cluster, sections: dict | None = None):
+    """TINY (plus `sections`) on two single-CPU actors of `cluster`."""
+    return parse_config({**TINY, **(sections or {}), "executor": {
+        "kind": "ray", "address": cluster.address, "num_workers": 2, "num_cpus_per_worker": 1,
+        "restart_timeout_s": 20}})
 
 
 def _stage_workers(state: str | None = None) -> list[dict]:
@@ -85,18 +122,20 @@ def _stage_workers(state: str | None = None) -> list[dict]:
             and (state is None or actor["State"] == state)]
 
 
-def _when_committed(warehouse: Warehouse, table: str, fault: Callable[[], None], units: int = 2) -> Callable[[], None]:
-    """Run `fault` from a thread once `units` units of `table` are committed; returns a check that it ran."""
+def _when_committed(warehouse: Warehouse, table: str, fault: Callable[[], None], reference: Warehouse,
+                    units: int = 2) -> Callable[[], None]:
+    """Run `fault` from a thread once `units` units of `table` are committed; returns a check that it ran while the
+    stage still had units to run (fewer committed than the uninterrupted `reference` holds)."""
     errors: list[BaseException] = []
-    fired = threading.Event()
+    fired_at: list[int] = []
 
     def watch() -> None:
         deadline = time.monotonic() + 300
         try:
             while time.monotonic() < deadline:
-                if len(warehouse.done_keys(table)) >= units:
+                if (done := len(warehouse.done_keys(table))) >= units:
                     fault()
-                    fired.set()
+                    fired_at.append(done)
                     return
                 time.sleep(0.1)
         except BaseException as err:  # reported by the check, in the test's thread
@@ -108,7 +147,9 @@ def _when_committed(warehouse: Warehouse, table: str, fault: Callable[[], None],
     def check() -> None:
         thread.join(timeout=60)
         assert not errors, errors
-        assert fired.is_set(), f"the fault never fired: {table} did not reach {units} units"
+        assert fired_at, f"the fault never fired: {table} did not reach {units} units"
+        total = len(reference.done_keys(table))
+        assert fired_at[0] < total, f"the fault fired after the stage: {fired_at[0]} of {total} {table} units done"
 
     return check
 
@@ -122,12 +163,14 @@ def _assert_same_catalog(warehouse: Warehouse, reference: Warehouse) -> None:
 
 
 @pytest.mark.slow
-def test_worker_node_killed_mid_stage(cluster, reference, tmp_path):
-    """SIGKILL a worker node's raylet and workers mid-stage: its actor cannot be placed again (the other node's CPU is
-    taken), so the executor replaces it after `restart_timeout_s` and its unit runs on the surviving actor."""
+def test_worker_node_killed_mid_stage(cluster, reference, held, tmp_path):
+    """SIGKILL a worker node's raylet and workers while the distances tiles run: its actor cannot be placed again
+    (the other node's CPU is taken), so the executor replaces it after `restart_timeout_s`, its unit runs on the
+    surviving actor, and the later stages run there too."""
     warehouse = Warehouse(tmp_path / "wh")
     victim = next(iter(cluster.worker_nodes))
-    check = _when_committed(warehouse, FAULT_STAGE, lambda: cluster.remove_node(victim, allow_graceful=False))
+    check = _when_committed(warehouse, DistancesStage.table, lambda: cluster.remove_node(victim, allow_graceful=False),
+                           reference)
     reports = run_survey(_ray_config(cluster), warehouse, progress=False)
     check()
     assert all(report.units_run == report.units_total for report in reports)
@@ -136,25 +179,70 @@ def test_worker_node_killed_mid_stage(cluster, reference, tmp_path):
     _assert_same_catalog(warehouse, reference)
 
 
-@pytest.mark.slow
-def test_actor_process_killed_mid_stage(cluster, reference, tmp_path):
-    """SIGKILL an actor's process mid-unit: Ray restarts the actor (max_restarts) and re-runs its unit
-    (max_task_retries); run_unit skips a unit that had already committed."""
-    warehouse = Warehouse(tmp_path / "wh")
-    killed: list[str] = []
+def _actor_killer(killed: list[str]) -> Callable[[], None]:
+    """A fault: SIGKILL the process of the live actor killed least so far (so that none runs out of restarts);
+    its id goes to `killed`."""
 
-    def kill_an_actor() -> None:
-        actor = _stage_workers("ALIVE")[0]
+    def kill() -> None:
+        actor = min(_stage_workers("ALIVE"), key=lambda actor: killed.count(actor["ActorID"]))
         os.kill(actor["Pid"], signal.SIGKILL)
         killed.append(actor["ActorID"])
 
-    check = _when_committed(warehouse, FAULT_STAGE, kill_an_actor)
-    reports = run_survey(_ray_config(cluster), warehouse, progress=False)
-    check()
-    assert all(report.units_run == report.units_total for report in reports)
+    return kill
+
+
+def _assert_restarted_in_place(killed: list[str]) -> None:
     by_id = {actor["ActorID"]: actor for actor in _stage_workers()}
-    assert len(by_id) == 2 and by_id[killed[0]]["NumRestarts"] == 1  # restarted in place, not replaced
+    assert len(by_id) == 2, "a killed actor should be restarted in place, not replaced"
+    assert {actor: by_id[actor]["NumRestarts"] for actor in killed} == {actor: killed.count(actor) for actor in killed}
+
+
+@pytest.mark.slow
+def test_actor_process_killed_in_each_stage(cluster, reference, held, tmp_path):
+    """SIGKILL an actor's process mid-unit in the activations, distances and capacity stages: Ray restarts the actor
+    in place (max_restarts) and re-runs its unit (max_task_retries); run_unit skips a unit that had already
+    committed."""
+    warehouse = Warehouse(tmp_path / "wh")
+    killed: list[str] = []
+    checks = [_when_committed(warehouse, STAGES[stage].table, _actor_killer(killed), reference)
+              for stage in ("activations", "distances", FAULT_STAGE)]
+    reports = run_survey(_ray_config(cluster), warehouse, progress=False)
+    for check in checks:
+        check()
+    assert all(report.units_run == report.units_total for report in reports)
+    _assert_restarted_in_place(killed)
     _assert_same_catalog(warehouse, reference)
+
+
+@pytest.mark.slow
+def test_actor_process_killed_in_the_mei_stage(cluster, reference, migrated_database, tmp_path, monkeypatch):
+    """SIGKILL an actor mid-unit while MEIs are optimised and logged to MLflow: the restarted actor re-runs its unit,
+    which finds its MLflow runs by key. The rows equal an uninterrupted local run's, with one MLflow run each."""
+    network = next(row for row in reference.rows("networks") if row["name"] == "zoo000-supervised")
+    mei = {"mei": {"stimuli": "natural", "seeds": [0, 1], "steps": 30, "natural_patches": 200, "evaluate": False,
+                   "targets": [{"network": network["name"], "layer": network["layers"][-2], "units": [unit]}
+                               for unit in range(4)]}}  # a unit of work each
+    local, faulted = (with_tracking_store(Warehouse(shutil.copytree(reference.root, tmp_path / name)),
+                                          migrated_database) for name in ("local", "ray"))
+    run_survey(parse_config({**TINY, **mei}), local, stages=("mei",), progress=False)
+    monkeypatch.setitem(STAGES, "mei", HeldMei)
+    killed: list[str] = []
+    check = _when_committed(faulted, MeiStage.table, _actor_killer(killed), local, units=1)
+    (report,) = run_survey(_ray_config(cluster, mei), faulted, stages=("mei",), progress=False)
+    check()
+    assert report.units_run == report.units_total == 4
+    _assert_restarted_in_place(killed)
+    assert table_counts(faulted) == table_counts(local)
+    query = """SELECT network_id, layer, target, method, seed, is_best, round(activation, 9),
+                      regexp_extract(image_uri, '[^/]+$') AS image_file FROM mei_runs"""  # content-addressed
+    rows = sorted(connect(faulted).execute(query).fetchall())
+    assert rows == sorted(connect(local).execute(query).fetchall()) and len(set(rows)) == len(rows) == 4 * 2
+    tracker = Tracker(default_tracking_uri(faulted.uri))
+    children = [run for run in tracker.client.search_runs([tracker.experiment_id])
+                if "mlflow.parentRunId" in run.data.tags]
+    run_ids = sorted(row["mlflow_run_id"] for row in faulted.rows("mei_runs"))
+    assert sorted(run.info.run_id for run in children) == run_ids
+    assert len({run.data.tags[KEY_TAG] for run in children}) == len(children)
 
 
 class FailingCapacity(CapacityStage):
@@ -222,7 +310,7 @@ def test_job_driver_killed_then_resubmitted(ray_token, reference, tmp_path):
             assert len(drivers) == 1, drivers
             os.kill(drivers[0], signal.SIGKILL)
 
-        check = _when_committed(warehouse, FAULT_STAGE, kill_driver)
+        check = _when_committed(warehouse, FAULT_STAGE, kill_driver, reference)
         first = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=work)
         check()
         assert first.returncode != 0, "the killed job should fail"

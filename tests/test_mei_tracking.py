@@ -14,24 +14,15 @@ from survey.catalog import Warehouse
 from survey.errors import SurveyError
 from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 
+from .conftest import with_tracking_store
+
 HISTORY = np.linspace(0.0, 3.0, 1500)  # more steps than one log_batch takes
 IMAGE = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
 
 
-@pytest.fixture(scope="session")
-def migrated_database(tmp_path_factory) -> Path:
-    """One SQLite store migrated once per session (the first connection runs MLflow's migrations, seconds)."""
-    folder = tmp_path_factory.mktemp("mlflow-template")
-    Tracker(f"sqlite:///{folder / 'mlflow.db'}", experiment="template")
-    return folder / "mlflow.db"
-
-
 @pytest.fixture
 def warehouse(tmp_path, migrated_database) -> Warehouse:
-    warehouse = Warehouse(tmp_path / "wh")
-    (tmp_path / "wh" / "mlflow").mkdir(parents=True)
-    shutil.copy(migrated_database, tmp_path / "wh" / "mlflow" / "mlflow.db")
-    return warehouse
+    return with_tracking_store(Warehouse(tmp_path / "wh"), migrated_database)
 
 
 def log(tracker: Tracker, parent: str, key: str) -> str:
