@@ -43,6 +43,17 @@ TINY = {
 
 
 @pytest.fixture(scope="session")
+def tiny_surveyed(tmp_path_factory) -> Warehouse:
+    """TINY surveyed once per session with the local executor, every table filled. Tests only read it; one that
+    writes takes a copy of its root."""
+    from survey.runtime.survey import run_survey
+
+    warehouse = Warehouse(tmp_path_factory.mktemp("tiny") / "wh")
+    run_survey(parse_config(copy.deepcopy(TINY)), warehouse, progress=False)
+    return warehouse
+
+
+@pytest.fixture(scope="session")
 def migrated_database(tmp_path_factory) -> Path:
     """One MLflow SQLite store migrated once per session (the first connection runs MLflow's migrations, seconds)."""
     from survey.mei.tracking import Tracker

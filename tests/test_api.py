@@ -38,11 +38,9 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def surveyed(tmp_path_factory) -> tuple[Warehouse, dict]:
+def surveyed(tiny_surveyed) -> tuple[Warehouse, dict]:
     """The TINY survey and its linear α = 0.5 space over the `natural` stimuli."""
-    warehouse = Warehouse(tmp_path_factory.mktemp("api") / "wh")
-    run_survey(parse_config(TINY), warehouse, progress=False)
-    return warehouse, warehouse.rows("spaces")[0]
+    return tiny_surveyed, tiny_surveyed.rows("spaces")[0]
 
 
 @pytest.fixture(scope="module")

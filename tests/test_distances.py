@@ -31,12 +31,9 @@ def _rows(warehouse: Warehouse, query: str) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def surveyed(tmp_path_factory) -> Warehouse:
-    from .conftest import TINY
-
-    warehouse = Warehouse(tmp_path_factory.mktemp("distances") / "wh")
-    run_survey(parse_config(TINY), warehouse, progress=False)
-    return warehouse
+def surveyed(tiny_surveyed, tmp_path_factory) -> Warehouse:
+    """A copy of the session's tiny survey (the CLI test adds distances to it)."""
+    return Warehouse(shutil.copytree(tiny_surveyed.root, tmp_path_factory.mktemp("distances") / "wh"))
 
 
 ELIGIBLE = {"stochastic": "repeats_uri IS NOT NULL", "conv": "spatial_uri IS NOT NULL"}

@@ -65,11 +65,9 @@ def held(monkeypatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Warehouse:
-    """The catalog of an uninterrupted run of TINY with the local executor, built once per module."""
-    warehouse = Warehouse(tmp_path_factory.mktemp("reference") / "wh")
-    run_survey(parse_config(TINY), warehouse, progress=False)
-    return warehouse
+def reference(tiny_surveyed) -> Warehouse:
+    """The catalog of an uninterrupted run of TINY with the local executor."""
+    return tiny_surveyed
 
 
 @pytest.fixture(scope="module")

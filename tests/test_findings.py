@@ -3,7 +3,6 @@ end to end on a tiny survey's catalogs (and on catalogs that lack a table)."""
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 
@@ -15,7 +14,6 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold, cross_val_predict
 
 from survey.catalog import Warehouse, connect
-from survey.config import parse_config
 from survey.errors import NotApplicable
 from survey.report.findings import (
     CHECKS,
@@ -36,9 +34,6 @@ from survey.report.findings import (
     spearman,
     zscore,
 )
-from survey.runtime.survey import run_survey
-
-from .conftest import TINY
 
 # ---- statistics ---------------------------------------------------------------------------------------------------
 
@@ -126,10 +121,8 @@ def test_signature_drift_and_increasing():
 
 
 @pytest.fixture(scope="module")
-def tiny_warehouse(tmp_path_factory) -> Warehouse:
-    warehouse = Warehouse(str(tmp_path_factory.mktemp("findings") / "wh"))
-    run_survey(parse_config(copy.deepcopy(TINY)), warehouse, progress=False)
-    return warehouse
+def tiny_warehouse(tiny_surveyed) -> Warehouse:
+    return tiny_surveyed
 
 
 def test_findings_on_a_tiny_survey(tiny_warehouse):

@@ -28,9 +28,8 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_ray_executor_equals_local_executor(tmp_path):
-    local, on_ray = Warehouse(tmp_path / "local"), Warehouse(tmp_path / "ray")
-    run_survey(parse_config(TINY), local, progress=False)
+def test_ray_executor_equals_local_executor(tiny_surveyed, tmp_path):
+    local, on_ray = tiny_surveyed, Warehouse(tmp_path / "ray")
     ray_config = parse_config({**TINY, "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}})
     reports = run_survey(ray_config, on_ray, progress=False)
     assert all(report.units_run == report.units_total for report in reports)

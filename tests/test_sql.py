@@ -15,19 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from survey.catalog import TABLES, Warehouse, query_catalog
-from survey.config import parse_config
 from survey.errors import SurveyError
-from survey.runtime.survey import run_survey
 
-from .conftest import TINY, survey_cli
+from .conftest import survey_cli
 
 
 @pytest.fixture(scope="module")
-def surveyed(tmp_path_factory) -> Warehouse:
+def surveyed(tiny_surveyed) -> Warehouse:
     """The tiny survey, every table filled (an embedding space included, for `search --where`)."""
-    warehouse = Warehouse(tmp_path_factory.mktemp("sql") / "wh")
-    run_survey(parse_config(TINY), warehouse, progress=False)
-    return warehouse
+    return tiny_surveyed
 
 
 def fingerprint(root: Path) -> dict[str, str]:
