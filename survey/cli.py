@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import duckdb
-import pyarrow as pa
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from survey.catalog import TABLES, Warehouse, connect, query_catalog, read_only, with_condition
@@ -30,6 +28,7 @@ from survey.config import (
     SurveyConfig,
     load_config,
 )
+from survey.display import OutputFormat, console, emit, print_table, rows_table
 from survey.errors import SurveyError, one_line
 
 DEFAULT_WAREHOUSE = "catalogs/warehouse"
@@ -45,7 +44,6 @@ app.add_typer(sessions_app, name="sessions")
 prior_app = typer.Typer(help="Diffusion priors for energy-guided MEIs (EGG).", no_args_is_help=True)
 app.add_typer(prior_app, name="prior")
 app.add_typer(index_app, name="index")
-console = Console()
 
 WarehouseOption = Annotated[str, typer.Option(
     "--warehouse", "-w", envvar="SURVEY_WAREHOUSE", help="Warehouse root: a directory or a pyarrow.fs URI.",
@@ -55,13 +53,6 @@ WarehouseOption = Annotated[str, typer.Option(
 class ExecutorKind(StrEnum):
     local = "local"
     ray = "ray"
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
 
 
 ExecutorOption = Annotated[ExecutorKind | None, typer.Option(help="Override the config's executor.")]
@@ -78,13 +69,14 @@ def execute(config: SurveyConfig, warehouse: str, stages: tuple[str, ...] | None
     from survey.runtime.survey import run_survey
 
     start = time.perf_counter()
-    reports = run_survey(config, Warehouse(warehouse), stages=stages)
+    store = Warehouse(warehouse)
+    reports = run_survey(config, store, stages=stages)
     table = Table("stage", "units", "run now", "rows written", "seconds", title=f"survey {config.name!r}")
     for report in reports:
         rows = ", ".join(f"{name} {count}" for name, count in sorted(report.rows.items())) or "-"
         table.add_row(report.stage, str(report.units_total), str(report.units_run), rows, f"{report.seconds:.1f}")
     console.print(table)
-    console.print(f"finished in {time.perf_counter() - start:.1f} s; warehouse: {Warehouse(warehouse).uri}")
+    console.print(f"finished in {time.perf_counter() - start:.1f} s; warehouse: {store.uri}")
 
 
 @app.command()
@@ -106,7 +98,8 @@ def run(
 def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOption = None) -> None:
     """The whole survey on the embedded default config, then a summary and where to look next."""
     execute(with_executor(load_config(DEMO_CONFIG), executor), warehouse)
-    connection = connect(Warehouse(warehouse))
+    store = Warehouse(warehouse)
+    connection = connect(store)
     _print_query(connection, "rows per table", " UNION ALL ".join(
         f"SELECT '{table}' AS table_name, count(*) AS rows FROM {table}" for table in TABLES))
     _print_query(connection, "representations", """
@@ -152,8 +145,8 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
                       FROM predictivity WHERE status = 'ok' GROUP BY ALL)
         SELECT n.objective, b.area, round(median(b.score), 3) AS corrected_r, round(median(b.depth), 2) AS best_depth
         FROM best b JOIN networks n USING (network_id) GROUP BY ALL ORDER BY ALL""")
-    _print_nearest_networks(Warehouse(warehouse))
-    _print_mei_summary(Warehouse(warehouse), None)
+    _print_nearest_networks(store)
+    _print_mei_summary(store, None)
     console.print(
         "\nNext: query the catalogs with SQL, e.g.\n"
         f"  survey sql -w {warehouse} \"SELECT source_kind, count(*) FROM representations GROUP BY 1\"\n"
@@ -164,7 +157,7 @@ def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOptio
         "Tables and columns: catalogs/README.md. Run your own survey: survey run jobs/configs/small.yaml",
         soft_wrap=True,
     )
-    _write_report(Warehouse(warehouse), None)
+    _write_report(store, None)
 
 
 def parse_metric(spec: str) -> dict:
@@ -294,11 +287,11 @@ def _print_mei_summary(store: Warehouse, mlflow_uri: str | None) -> None:
         columns = {"baseline": "vs", "energy_scale": "scale", "score": "score", "n": "n", "ga_mean": "base",
                    "egg_mean": "egg",
                    "median_ratio": "egg/base", "at_least_80pct": "≥0.8", "egg_wins": "wins", "wilcoxon_p": "p"}
-        _print_table(list(columns.values()), [
+        print_table(list(columns.values()), [
             {label: round(row[key], 3) if isinstance(row[key], float) else row[key] for key, label in columns.items()}
             for row in comparison],
             title="EGG against GA, paired by target: median ratio, share ≥ 80%, share EGG wins, Wilcoxon p")
-    uri = mlflow_uri or default_tracking_uri(store.uri)
+    uri = mlflow_uri or default_tracking_uri(store)
     console.print(f"\nOpen the runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1", soft_wrap=True)
 
 
@@ -327,48 +320,57 @@ def index_build(
     from survey.search.space import SearchService
 
     rows = [row for row in SearchService(Warehouse(warehouse)).spaces() if row["name"] == config.spaces.build[0].label]
-    _print_table(["space_id", "name", "n_items", "dim", "n_landmarks", "landmarks_from", "negative_mass", "stress"],
+    print_table(["space_id", "name", "n_items", "dim", "n_landmarks", "landmarks_from", "negative_mass", "stress"],
                  rows[-1:], title="space")
 
 
+FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="table, csv, json or parquet (a file).")]
+OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="File to write (parquet: required).")]
+
+
 @index_app.command("ls")
-def index_ls(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
+def index_ls(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, format: FormatOption = OutputFormat.table,
+             output: OutputOption = None) -> None:
     """List the embedding spaces."""
     from survey.search.space import SearchService
 
+    _check_output(format, output)
     columns = ["space_id", "name", "n_items", "dim", "n_landmarks", "index_kind", "negative_mass", "stress", "created"]
-    _print_table(columns, SearchService(Warehouse(warehouse)).spaces())
+    emit(rows_table(columns, SearchService(_existing(warehouse)).spaces()), format, output, "spaces")
 
 
 @app.command()
 def search(
     rep_id: Annotated[str, typer.Argument(help="A representation id in the catalog.")],
-    k: Annotated[int, typer.Option("-k", help="Neighbours to return.")] = 10,
+    k: Annotated[int, typer.Option("-k", help="Neighbours to return (1 to 1,000).")] = 10,
     space: Annotated[str | None, typer.Option(help="Space id (default: the newest of the rep's stimulus set).")] = None,
     where: Annotated[str | None, typer.Option(
         help="SQL condition on representations r / networks n / sessions s, e.g. \"r.layer_or_area = 'IT'\".",
     )] = None,
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    format: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
 ) -> None:
     """The k nearest representations to REP_ID: FAISS shortlist, exact rerank."""
-    from survey.search.space import SearchService
+    from survey.search.space import SearchService, check_k
 
-    store = Warehouse(warehouse)
+    check_k(k, "-k")
+    _check_output(format, output)
+    store = _existing(warehouse)
     service = SearchService(store)
     keep = None
     if where:
         query = with_condition("SELECT r.rep_id FROM representations r LEFT JOIN networks n ON r.source_id = "
                                "n.network_id LEFT JOIN sessions s ON r.source_id = s.session_id", where, "--where")
         try:
-            keep = {row[0] for row in connect(store, ("representations", "networks", "sessions")).execute(
-                query).fetchall()}
+            with connect(store, ("representations", "networks", "sessions")) as connection:
+                keep = {row[0] for row in connection.execute(query).fetchall()}
         except duckdb.Error as err:
             raise SurveyError(f"--where: {one_line(err, 300)}; write a SQL condition over r, n and s") from None
     results = service.neighbors(rep_id, k, space, keep)
-    _print_table(["rank", "rep_id", "distance", "exact", "source_name", "layer_or_area", "objective"], [
-        {"rank": i + 1, "rep_id": n.rep_id, "distance": f"{n.distance:.4f}", "exact": n.exact, **n.metadata}
-        for i, n in enumerate(results)
-    ], title=f"nearest to {rep_id}")
+    columns = ["rank", "rep_id", "distance", "exact", "source_name", "layer_or_area", "objective"]
+    emit(rows_table(columns, [{"rank": i + 1, "rep_id": n.rep_id, "distance": round(n.distance, 6), "exact": n.exact,
+                               **n.metadata} for i, n in enumerate(results)]), format, output, f"nearest to {rep_id}")
 
 
 @app.command()
@@ -380,34 +382,39 @@ def serve(
     """Serve the search API (FastAPI under uvicorn); OpenAPI docs at /docs."""
     from survey.search.api import serve as serve_api
 
-    serve_api(Warehouse(warehouse).uri, host, port)
+    serve_api(_existing(warehouse).uri, host, port)
 
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="DuckDB SQL over the catalog views (one per table).")],
+    query: Annotated[str | None, typer.Argument(help="DuckDB SQL over the catalog views (one per table).")] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", help="Read the query from this file ('-': standard input) instead of the argument.")] = None,
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (parquet: required).")] = None,
+    format: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
 ) -> None:
     """Query the catalogs with DuckDB: one read-only statement (SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN) over
     each table's current Delta snapshot, in memory; DuckDB may open no file."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    if format is OutputFormat.parquet and output is None:
-        raise SurveyError("--format parquet writes a file; add --output PATH.parquet")
+    if (query is None) == (file is None):
+        raise SurveyError("pass the query as the argument or with --file QUERY.sql ('--file -': standard input), "
+                          "not both")
+    if file is not None:
+        try:
+            query = sys.stdin.read() if str(file) == "-" else file.read_text()
+        except OSError as err:
+            raise SurveyError(f"--file {file}: cannot be read ({one_line(err)}); pass a readable SQL file") from None
+    _check_output(format, output)
     read_only(query)
-    data = query_catalog(_existing(warehouse), query)
-    if format is OutputFormat.parquet:
-        pq.write_table(data, output)
-    elif format is OutputFormat.csv:
-        pacsv.write_csv(nested_as_json(data), output or sys.stdout.buffer)
-    elif format is OutputFormat.json:
-        text = json.dumps(data.to_pylist(), default=str, indent=1)
-        output.write_text(text) if output else print(text)
-    else:
-        _print_table(data.column_names, data.to_pylist())
+    emit(query_catalog(_existing(warehouse), query), format, output)
+
+
+def _check_output(output_format: OutputFormat, output: Path | None) -> None:
+    """Refuse an output the format cannot be written to, before anything is read."""
+    if output_format is OutputFormat.parquet and output is None:
+        raise SurveyError("--format parquet writes a file; add --output PATH.parquet")
+    if output is not None and output.is_dir():
+        raise SurveyError(f"--output {output} is a directory; pass a file path")
 
 
 @app.command()
@@ -424,24 +431,32 @@ def compact(
     unknown = sorted(set(chosen) - set(TABLES))
     if unknown:
         raise SurveyError(f"--table: unknown tables {unknown}; choose from {', '.join(TABLES)}")
-    _print_table(["table", "files_removed", "files_added", "files_vacuumed"],
+    print_table(["table", "files_removed", "files_added", "files_vacuumed"],
                  [{"table": name, **store.compact(name, retention_hours)} for name in chosen], title="compaction")
 
 
 @app.command()
 def migrate(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
-    """Convert a warehouse of the old layout (Parquet parts, no Delta log) in place; shape distances and spaces,
-    keyed otherwise before, are dropped for `survey run` to recompute."""
+    """Bring a warehouse written by an older version up to date, in place (run it while no survey writes to it):
+    tables of the old layout (Parquet parts, no Delta log) become Delta tables (shape distances and spaces, keyed
+    otherwise before, are dropped for `survey run` to recompute), and absolute paths to the warehouse's own files
+    become paths relative to its root (one commit per table), so that a copy or a move of it stands alone."""
+    from survey.mei.tracking import default_tracking_uri
+
     store = _existing(warehouse)
     rows = [{"table": name, "rows": converted} for name in TABLES
             if (converted := store.migrate_old_layout(name)) is not None]
-    _print_table(["table", "rows"], rows, title="converted to Delta tables (0: dropped, recomputed by its stage)")
+    print_table(["table", "rows"], rows, title="converted to Delta tables (0: dropped, recomputed by its stage)")
+    paths = [{"table": name, "paths": rewritten} for name in TABLES if (rewritten := store.relativize_paths(name))]
+    print_table(["table", "paths"], paths, title="absolute paths made relative to the warehouse root")
+    if store.is_local:
+        default_tracking_uri(store)  # re-points the MLflow store's artifact locations at this warehouse
 
 
 @app.command()
 def report(
-    out: Annotated[Path | None, typer.Option(help="Folder for index.html and its figures (default: "
-                                                  "<warehouse>/report for a local warehouse).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for index.html and its figures (default: "
+                                                               "<warehouse>/report for a local warehouse).")] = None,
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
 ) -> None:
     """A static HTML report of the catalogs (figures with their SQL) and the seed papers' findings, checked."""
@@ -455,8 +470,11 @@ def _write_report(store: Warehouse, out: Path | None) -> None:
         if not store.is_local:
             raise SurveyError(f"warehouse {store.uri} is not a local folder; pass --out DIR for the report")
         out = Path(store.root) / "report"
+    if out.exists() and not out.is_dir():
+        raise SurveyError(f"--out {out} is a file; the report is a folder (index.html and its figures): pass a folder "
+                          "path, new or existing")
     index, results = build_report(store, out)
-    _print_table(["paper", "claim", "statistic", "value", "holds"], [
+    print_table(["paper", "claim", "statistic", "value", "holds"], [
         {"paper": f.paper, "claim": f.claim, "statistic": f.statistic,
          "value": "" if f.value is None else f"{f.value:.3g}",
          "holds": {True: "yes", False: "no", None: f"not tested: {f.note}"}[f.holds]} for f in results],
@@ -465,34 +483,35 @@ def _write_report(store: Warehouse, out: Path | None) -> None:
 
 
 def _existing(warehouse: str) -> Warehouse:
-    store = Warehouse(warehouse)
-    if not store.exists():
-        raise SurveyError(f"warehouse {store.uri} does not exist; run `survey demo` or `survey run` first, "
-                          "or pass --warehouse")
-    return store
+    return Warehouse(warehouse).check_catalog()
 
 
 @app.command()
 def layers(
     network: Annotated[str, typer.Argument(help="A network's name in the catalog, or a --kind TARGET.")],
     kind: Annotated[str | None, typer.Option(help="torchvision, timm or callable: build TARGET instead.")] = None,
+    every: Annotated[bool, typer.Option("--all", help=(
+        "Every hookable submodule (what a config's `layers:` may name), not only the surveyed layers."))] = False,
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
 ) -> None:
-    """List the hookable layer names of a network (what `layers:` in a config may name)."""
+    """A catalog network's surveyed layers (what `survey mei --layer` takes); with --all or --kind, every hookable
+    submodule of the network (what `layers:` in a config may name)."""
     from survey.sources.external import build_external, layer_names
 
     if kind:
-        module = build_external(kind, network)
-    else:
+        print("\n".join(layer_names(build_external(kind, network))))
+        return
+    store = _existing(warehouse)
+    rows = [row for row in store.rows("networks") if network in (row["name"], row["network_id"])]
+    if not rows:
+        raise SurveyError(f"no network named {network!r} in {store.uri}; list them with "
+                          "`survey sql \"SELECT name FROM networks\"` or pass --kind")
+    if every:
         from survey.stages.networks import load_network
 
-        store = Warehouse(warehouse)
-        rows = [row for row in store.rows("networks") if row["name"] == network]
-        if not rows:
-            raise SurveyError(f"no network named {network!r} in {store.uri}; list them with "
-                              "`survey sql \"SELECT name FROM networks\"` or pass --kind")
-        module = load_network(rows[0], store)[0]
-    print("\n".join(layer_names(module)))
+        print("\n".join(layer_names(load_network(rows[0], store)[0])))
+    else:
+        print("\n".join(rows[0]["layers"]))
 
 
 @zoo_app.command("build")
@@ -589,7 +608,7 @@ def _print_nearest_networks(store: Warehouse, area: str = "IT") -> None:
     if not recorded:
         return
     neighbours = service.neighbors(recorded[0], 5, space.row["space_id"], service.matching(source_kind="network"))
-    _print_table(["rank", "network", "layer", "objective", "distance", "exact"], [
+    print_table(["rank", "network", "layer", "objective", "distance", "exact"], [
         {"rank": i + 1, "network": n.metadata["source_name"], "layer": n.metadata["layer_or_area"],
          "objective": n.metadata["objective"], "distance": f"{n.distance:.3f}", "exact": n.exact}
         for i, n in enumerate(neighbours)
@@ -597,26 +616,9 @@ def _print_nearest_networks(store: Warehouse, area: str = "IT") -> None:
              f"({space.row['name']}, space {space.row['space_id']})")
 
 
-def nested_as_json(data: pa.Table) -> pa.Table:
-    """`data` with every list, struct and map column as JSON text (one cell each), for CSV."""
-    for index, field in enumerate(data.schema):
-        if pa.types.is_nested(field.type):
-            text = pa.array([None if value is None else json.dumps(value, default=str)
-                             for value in data.column(index).to_pylist()], pa.string())
-            data = data.set_column(index, field.name, text)
-    return data
-
-
 def _print_query(connection: duckdb.DuckDBPyConnection, title: str, query: str) -> None:
     result = connection.sql(query)
-    _print_table(result.columns, [dict(zip(result.columns, row, strict=True)) for row in result.fetchall()], title)
-
-
-def _print_table(columns: list[str], rows: list[dict], title: str | None = None) -> None:
-    table = Table(*columns, title=title)
-    for row in rows:
-        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
-    console.print(table)
+    print_table(result.columns, [dict(zip(result.columns, row, strict=True)) for row in result.fetchall()], title)
 
 
 def exit_on_user_error(command: Callable[[], None]) -> None:

@@ -3,10 +3,16 @@ tests/test_mei_stage.py sets up itself)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,9 +86,66 @@ def tiny_config() -> SurveyConfig:
     return parse_config(copy.deepcopy(TINY))
 
 
-def survey_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the installed `survey` command line (the entry point users run) in a subprocess."""
+def survey_cli(*args: str, cwd: Path | None = None, timeout: float = 600, stdin: str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `survey` command line (the entry point users run) in a subprocess (`env`: variables set
+    on top of this process's)."""
     return subprocess.run(
         [sys.executable, "-c", "from survey.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, input=stdin,
+        env={**os.environ, **env} if env else None,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def survey_serve(warehouse: str, timeout: float = 120) -> Iterator[str]:
+    """`survey serve -w warehouse` on a free loopback port, answering /health; yields its base URL."""
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", "from survey.cli import main; main()", "serve", "-w", warehouse,
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "survey serve did not answer"
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch) -> Iterator[str]:
+    """A local S3 server (moto) on 127.0.0.1; yields the pyarrow URI query that reaches it."""
+    server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
+    assert server is not None, "moto[server] is in the test extras: install them (make test)"
+    port = free_port()
+    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert process.poll() is None and time.monotonic() < deadline, "the S3 server did not start"
+            time.sleep(0.2)
+        for name, value in S3_CREDENTIALS.items():
+            monkeypatch.setenv(name, value)
+        yield f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1&allow_bucket_creation=true"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from survey.runtime.survey import run_survey
 from survey.search.api import MAX_URL_BYTES, create_app, server_config
 from survey.search.space import SearchService
 
-from .conftest import TINY
+from .conftest import TINY, survey_serve
 
 NPY = {"content-type": "application/octet-stream"}
 JSON = {"content-type": "application/json"}
@@ -333,27 +332,9 @@ def test_fuzzed_arrays_get_results_or_a_422(live, array, rerank, k) -> None:
 
 
 def test_survey_serve_command_serves_on_loopback(surveyed) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-c", "from survey.cli import main; main()", "serve", "-w", surveyed[0].uri,
-               "--port", str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.communicate()[0]
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "survey serve did not answer"
-                time.sleep(0.2)
-        assert health.json() == {"status": "ok", "spaces": 1}
-        assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5).status_code == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with survey_serve(surveyed[0].uri) as url:
+        assert httpx.get(f"{url}/health", timeout=5).json() == {"status": "ok", "spaces": 1}
+        assert httpx.get(f"{url}/docs", timeout=5).status_code == 200
 
 
 def test_a_space_built_while_survey_serve_runs_is_served_without_a_5xx(surveyed, tmp_path) -> None:
@@ -362,38 +343,22 @@ def test_a_space_built_while_survey_serve_runs_is_served_without_a_5xx(surveyed,
     import shutil
 
     copy = Warehouse(shutil.copytree(surveyed[0].root, tmp_path / "wh"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-c", "from survey.cli import main; main()", "serve", "-w", copy.uri,
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
-                try:
-                    if client.get("/health").json()["spaces"] == 1:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            spec = {"metric": {"metric": "permutation", "score": "euclidean"}, "stimuli": "natural", "dim": 4}
-            run_survey(parse_config({**TINY, "spaces": {"build": [spec]}}), copy, stages=("spaces",), progress=False)
-            time.sleep(SearchService.CATALOG_CHECK_S)
-            listed = client.get("/spaces").json()
-            assert len(listed) == 2
-            new = next(row for row in listed if row["metric"] == "permutation")
-            for rep in rep_ids(copy, new["stimset_id"])[:4]:
-                response = client.get(f"/representations/{rep}/neighbors", params={"k": 3, "space": new["space_id"]})
-                assert response.status_code == 200, response.text
-                assert len(response.json()["results"]) == 3 and response.json()["space_id"] == new["space_id"]
-            upload = client.post("/search", params={"k": 3, "space": new["space_id"]}, headers=NPY,
-                                 content=npy_bytes(stored_array(copy, rep_ids(copy, new["stimset_id"])[0])))
-            assert upload.status_code == 200, upload.text
-            assert upload.json()["results"][0]["distance"] == pytest.approx(0.0, abs=1e-9)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with survey_serve(copy.uri) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/health").json()["spaces"] == 1
+        spec = {"metric": {"metric": "permutation", "score": "euclidean"}, "stimuli": "natural", "dim": 4}
+        run_survey(parse_config({**TINY, "spaces": {"build": [spec]}}), copy, stages=("spaces",), progress=False)
+        time.sleep(SearchService.CATALOG_CHECK_S)
+        listed = client.get("/spaces").json()
+        assert len(listed) == 2
+        new = next(row for row in listed if row["metric"] == "permutation")
+        for rep in rep_ids(copy, new["stimset_id"])[:4]:
+            response = client.get(f"/representations/{rep}/neighbors", params={"k": 3, "space": new["space_id"]})
+            assert response.status_code == 200, response.text
+            assert len(response.json()["results"]) == 3 and response.json()["space_id"] == new["space_id"]
+        upload = client.post("/search", params={"k": 3, "space": new["space_id"]}, headers=NPY,
+                             content=npy_bytes(stored_array(copy, rep_ids(copy, new["stimset_id"])[0])))
+        assert upload.status_code == 200, upload.text
+        assert upload.json()["results"][0]["distance"] == pytest.approx(0.0, abs=1e-9)
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,88 @@ def test_nwb_errors_name_the_config_fields_and_what_the_file_has(tmp_path, wareh
     message = fails_cleanly(_full_nwb_config(path, index_column="image"), warehouse_of, tmp_path, str(path))
     assert "stimulus_presentations: start_time, stop_time, stimulus_index" in message
     assert "index_column:" in message
+
+
+# ---- command-line values: one `error:` line, exit 2, the warehouse unchanged ------------------------------------
+
+def command_fails_cleanly(warehouse: Path, *args: str, expected: tuple[str, ...] = (), stdin: str | None = None) -> str:
+    """Run `survey ARGS`; assert exit 2, one `error:` line naming `expected`, and no change under `warehouse`."""
+    before = snapshot(warehouse) if warehouse.exists() else None
+    result = survey_cli(*args, cwd=REPO, stdin=stdin)
+    assert result.returncode == 2, (args, result.stdout[-500:], result.stderr[-2000:])
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    for text in expected:
+        assert text in message, message
+    assert (snapshot(warehouse) if warehouse.exists() else None) == before
+    return message
+
+
+def test_report_out_naming_a_file(tiny_surveyed, tmp_path):
+    a_file = tmp_path / "report.html"
+    a_file.write_text("mine")
+    root = Path(tiny_surveyed.root)
+    command_fails_cleanly(root, "report", "--out", str(a_file), "-w", str(root), expected=(str(a_file), "folder"))
+    assert a_file.read_text() == "mine"
+
+
+def test_a_folder_that_is_not_a_warehouse(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8")
+    for args in (("sql", "SELECT count(*) FROM representations"), ("report",), ("compact",), ("index", "ls"),
+                 ("search", "rep-0"), ("migrate",), ("layers", "zoo000-supervised")):
+        command_fails_cleanly(folder, *args, "-w", str(folder), expected=(str(folder), "not a warehouse"))
+
+
+def test_search_in_a_missing_warehouse_names_the_warehouse(tmp_path):
+    missing = tmp_path / "missing"
+    message = command_fails_cleanly(missing, "search", "rep-0", "-w", str(missing), expected=(str(missing),))
+    assert "does not exist" in message and "rep-0" not in message
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "1001"])
+def test_search_k_out_of_bounds(tiny_surveyed, k):
+    root = Path(tiny_surveyed.root)
+    rep = tiny_surveyed.rows("embeddings", ["rep_id"])[0]["rep_id"]
+    command_fails_cleanly(root, "search", rep, "-k", k, "-w", str(root), expected=(f"-k {k}", "1 to 1000"))
+
+
+@pytest.mark.parametrize("units", ["-1", "0,99999"])
+def test_mei_unit_out_of_range_writes_nothing(tiny_surveyed, units):
+    root = Path(tiny_surveyed.root)
+    command_fails_cleanly(root, "mei", "--network", "zoo000-supervised", "--layer", "pool", f"--units={units}",
+                          "--steps", "2", "--method", "ga", "-w", str(root), expected=("pick indices from 0 to",))
+
+
+def test_sql_query_file_and_standard_input(tiny_surveyed, tmp_path):
+    """A query longer than the shell's argument limit goes through --file (or --file - for standard input)."""
+    names = ", ".join(f"'stimulus-set-{i}'" for i in range(150_000))  # about 3 MB
+    query = f"SELECT count(*) AS n FROM stimulus_sets WHERE name IN ('natural', {names})"
+    path = tmp_path / "query.sql"
+    path.write_text(query)
+    from_file = survey_cli("sql", "--file", str(path), "-f", "json", "-w", tiny_surveyed.uri)
+    assert from_file.returncode == 0 and '"n": 1' in from_file.stdout, from_file.stderr
+    from_stdin = survey_cli("sql", "--file", "-", "-f", "json", "-w", tiny_surveyed.uri, stdin=query)
+    assert from_stdin.returncode == 0 and from_stdin.stdout == from_file.stdout, from_stdin.stderr
+    root = Path(tiny_surveyed.root)
+    command_fails_cleanly(root, "sql", "--file", str(tmp_path / "none.sql"), "-w", str(root),
+                          expected=("none.sql", "cannot be read"))
+    command_fails_cleanly(root, "sql", "SELECT 1", "--file", str(path), "-w", str(root), expected=("not both",))
+
+
+def test_ids_print_whole_at_80_columns(tiny_surveyed):
+    """Tables grow past an 80-column terminal rather than cut an id short (they are copied into the next command)."""
+    rep = sorted(row["rep_id"] for row in tiny_surveyed.rows("embeddings", ["rep_id"]))[0]
+    for args in (("search", rep, "-k", "5"), ("index", "ls"),
+                 ("sql", "SELECT rep_id, array_uri, spatial_uri, preprocessing FROM representations LIMIT 5")):
+        result = survey_cli(*args, "-w", tiny_surveyed.uri, env={"COLUMNS": "80"})
+        assert result.returncode == 0, result.stderr
+        assert "…" not in result.stdout, result.stdout
+    spaces = survey_cli("index", "ls", "-f", "json", "-w", tiny_surveyed.uri)
+    space_id = json.loads(spaces.stdout)[0]["space_id"]
+    assert space_id in survey_cli("index", "ls", "-w", tiny_surveyed.uri, env={"COLUMNS": "80"}).stdout
+    found = json.loads(survey_cli("search", rep, "-k", "5", "-f", "json", "-w", tiny_surveyed.uri).stdout)
+    assert len(found) == 5 and all(row["rep_id"].startswith("rep-") for row in found)
+    as_csv = survey_cli("search", rep, "-k", "5", "-f", "csv", "-w", tiny_surveyed.uri).stdout.splitlines()
+    assert as_csv[0].split(",")[:3] == ['"rank"', '"rep_id"', '"distance"'] and len(as_csv) == 6

@@ -235,7 +235,7 @@ def test_actor_process_killed_in_the_mei_stage(cluster, reference, migrated_data
                       regexp_extract(image_uri, '[^/]+$') AS image_file FROM mei_runs"""  # content-addressed
     rows = sorted(connect(faulted).execute(query).fetchall())
     assert rows == sorted(connect(local).execute(query).fetchall()) and len(set(rows)) == len(rows) == 4 * 2
-    tracker = Tracker(default_tracking_uri(faulted.uri))
+    tracker = Tracker(default_tracking_uri(faulted))
     children = [run for run in tracker.client.search_runs([tracker.experiment_id])
                 if "mlflow.parentRunId" in run.data.tags]
     run_ids = sorted(row["mlflow_run_id"] for row in faulted.rows("mei_runs"))

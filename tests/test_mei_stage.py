@@ -74,13 +74,18 @@ def test_every_row_has_its_mlflow_run_and_the_meis_beat_natural_patches(warehous
     per_target = connect(warehouse).execute("""SELECT target_kind, target, count(*), sum(is_best::INT)
                                                FROM mei_runs GROUP BY ALL""").fetchall()
     assert sorted((kind, n, best) for kind, _, n, best in per_target) == [("neuron", 2, 1)] * 2 + [("unit", 2, 1)] * 3
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", default_tracking_uri(warehouse.uri))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", default_tracking_uri(warehouse))
     runs = mlflow.search_runs(experiment_names=["neurosurvey-mei"], filter_string="tags.target_kind != ''",
                               output_format="list")
     assert sorted(run.info.run_id for run in runs) == sorted(row["mlflow_run_id"] for row in rows)
-    history = Tracker(default_tracking_uri(warehouse.uri)).client.get_metric_history(rows[0]["mlflow_run_id"],
-                                                                                         "activation")
+    tracker = Tracker(default_tracking_uri(warehouse))
+    history = tracker.client.get_metric_history(rows[0]["mlflow_run_id"], "activation")
     assert len(history) == 150
+    parent = tracker.client.get_run(tracker.client.get_run(rows[0]["mlflow_run_id"]).data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.info.end_time is not None  # the run's parent ends with it
+    assert parent.data.params["methods"] == "ga" and parent.data.params["steps"] == "150"
+    assert parent.data.metrics["meis"] == len(rows) == parent.data.metrics["ga_meis"]
+    assert parent.data.metrics["ga_mean_activation"] == pytest.approx(np.mean([row["activation"] for row in rows]))
 
     # the units' best MEIs against the best of 10,000 natural patches at the same contrast norm, recomputed here
     network = supervised(warehouse)
@@ -115,9 +120,13 @@ def test_a_rerun_after_a_kill_adds_no_mlflow_run(warehouse, monkeypatch):
         run_survey(config, warehouse, stages=("mei",), progress=False)
     monkeypatch.setattr(Warehouse, "append_unit", original)
     assert run_survey(config, warehouse, stages=("mei",), progress=False)[0].units_run == 1
-    tracker = Tracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse))
     children = [run for run in tracker.client.search_runs([tracker.experiment_id])
                 if "mlflow.parentRunId" in run.data.tags]
+    parents = {run.data.tags["mlflow.parentRunId"] for run in children} | {
+        run.info.run_id for run in tracker.client.search_runs([tracker.experiment_id], "tags.stage = 'mei'")}
+    statuses = {tracker.client.get_run(run_id).info.status for run_id in parents}
+    assert statuses == {"FINISHED", "KILLED"}  # the interrupted run's parent is KILLED; none stays RUNNING
     assert len(children) == 3 * 2 == len(warehouse.rows("mei_runs"))
     assert len({run.data.tags[KEY_TAG] for run in children}) == len(children)
 
@@ -126,7 +135,7 @@ def test_a_rerun_after_a_kill_adds_no_mlflow_run(warehouse, monkeypatch):
     ({"network": "no-such-net"}, "network 'no-such-net' is not in the catalog"),
     ({"layer": "stack9.cell9"}, "has no layer 'stack9.cell9'"),
     ({"layer": "best", "session": "ses-none", "area": "IT"}, "has no encoding model"),
-    ({"units": [0, 100_000]}, "units; pick indices below"),
+    ({"units": [0, 100_000]}, "units; pick indices from 0 to"),
 ])
 def test_bad_targets_are_refused_before_anything_is_written(warehouse, change, message):
     target = {**targets(warehouse)[0], **change}
@@ -144,7 +153,7 @@ def test_survey_mei_takes_targets_by_sql_and_points_to_mlflow(warehouse):
                         "--executor", "local")
     assert result.returncode == 0, result.stderr
     assert "most exciting inputs" in result.stdout
-    assert f"mlflow ui --backend-store-uri {default_tracking_uri(warehouse.uri)}" in result.stdout
+    assert f"mlflow ui --backend-store-uri {default_tracking_uri(warehouse)}" in result.stdout
     assert connect(warehouse).execute("SELECT count(*), count(DISTINCT mlflow_run_id) FROM mei_runs WHERE area = 'IT'"
                                       ).fetchone() == (2, 2)
     refused = survey_cli("mei", "-w", str(warehouse.root), "--network", "x")
@@ -164,7 +173,7 @@ def test_a_targets_query_that_writes_is_refused_before_any_stage_runs(tmp_path):
 def test_a_rerun_with_nothing_to_do_opens_no_mlflow_run(warehouse):
     config = parse_config(mei_dict(targets(warehouse)[:1], steps=10))
     run_survey(config, warehouse, stages=("mei",), progress=False)
-    tracker = Tracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse))
     before = len(tracker.client.search_runs([tracker.experiment_id]))
     assert run_survey(config, warehouse, stages=("mei",), progress=False)[0].units_run == 0
     assert len(tracker.client.search_runs([tracker.experiment_id])) == before
@@ -224,7 +233,7 @@ def test_egg_and_ga_meis_are_scored_on_another_seed_and_another_architecture(war
             with torch.no_grad():
                 output = load_targets(warehouse, group, grey.tolist())(image)
             assert float(output[0, row["target"]]) == pytest.approx(row["cross_activation"], rel=1e-4, abs=1e-5)
-    tracker = Tracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse))
     egg_run = tracker.client.get_run(next(r["mlflow_run_id"] for r in rows if r["method"] == "egg"))
     assert egg_run.data.params["method"] == "egg" and egg_run.data.params["prior"] == prior["prior_id"]
     assert {"activation", "family_activation", "cross_activation"} <= set(egg_run.data.metrics)

@@ -33,7 +33,7 @@ def log(tracker: Tracker, parent: str, key: str) -> str:
 def test_children_are_nested_logged_whole_and_found_by_key(warehouse, monkeypatch):
     import mlflow
 
-    tracker = Tracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)  # what a user's mlflow.search_runs reads
     assert tracker.tracking_uri == f"sqlite:///{warehouse.root}/mlflow/mlflow.db"
     parent = tracker.parent("stage-run-1", "mei run-1", {"stage": "mei"})
@@ -54,7 +54,7 @@ def test_children_are_nested_logged_whole_and_found_by_key(warehouse, monkeypatc
 
 
 def test_a_rerun_reuses_finished_runs_and_replaces_unfinished_ones(warehouse):
-    tracker = Tracker(default_tracking_uri(warehouse.uri))
+    tracker = Tracker(default_tracking_uri(warehouse))
     parent = tracker.parent("stage-run-2", "mei run-2", {})
     assert tracker.parent("stage-run-2", "mei run-2", {}) == parent
     finished = log(tracker, parent, "unit-a")
@@ -68,7 +68,7 @@ def test_a_rerun_reuses_finished_runs_and_replaces_unfinished_ones(warehouse):
 
 def test_a_remote_warehouse_needs_an_explicit_tracking_uri():
     with pytest.raises(SurveyError, match="pass --mlflow-uri") as error:
-        default_tracking_uri("s3://bucket/survey")
+        default_tracking_uri(Warehouse("mock:///bucket/survey"))  # any non-local filesystem
     assert "\n" not in str(error.value)
 
 

@@ -306,3 +306,9 @@ TABLES: dict[str, pa.Schema] = {
 
 # Partition columns per table: Delta keeps each value's files under <table>/<column>=<value>/.
 PARTITIONS: dict[str, tuple[str, ...]] = {"shape_distances": ("metric",)}
+
+# Columns that hold a stored file's path (relative to the warehouse root; DESIGN §3): every `uri` and `*_uri` column.
+PATH_COLUMNS: dict[str, tuple[str, ...]] = {
+    table: tuple(name for name in schema.names if name == "uri" or name.endswith("_uri"))
+    for table, schema in TABLES.items()
+}

@@ -85,6 +85,7 @@ def query_catalog(warehouse: Warehouse, query: str) -> pa.Table:
     """The result of one read-only `query` over the catalog tables it names (what `survey sql` runs)."""
     read_only(query)
     try:
-        return connect(warehouse, tables_named(query)).sql(query).to_arrow_table()
+        with connect(warehouse, tables_named(query)) as connection:
+            return connection.sql(query).to_arrow_table()
     except duckdb.Error as err:
         raise SurveyError(f"query failed: {one_line(err, 400)}") from None

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from survey.catalog.schemas import PARTITIONS, TABLES
+from survey.catalog.schemas import PARTITIONS, PATH_COLUMNS, TABLES
 from survey.errors import SurveyError, one_line
 from survey.hashing import array_hash
 
@@ -54,8 +54,9 @@ class Warehouse:
     ``<root>/arrays/<hash>.<ext>``.
 
     `uri` reopens the same warehouse in another process (an object-store URI keeps its query options, such
-    as ``?endpoint_override=…``); array and file URIs in the tables are ``<scheme>://<path>`` (a plain
-    absolute path for local warehouses) and are read through the warehouse's filesystem.
+    as ``?endpoint_override=…``). Every file the warehouse stores is recorded in its tables by a path relative to
+    the root (``arrays/<hash>.npy``) and resolved here, so a copy, a move or an upload of the folder keeps working
+    and never reads or writes the original (DESIGN §3).
     """
 
     def __init__(self, uri: str | os.PathLike) -> None:
@@ -85,6 +86,19 @@ class Warehouse:
 
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
+
+    def check_catalog(self) -> Warehouse:
+        """This warehouse, when its root holds catalog tables; otherwise one SurveyError saying what the root is
+        (for the commands that read a survey: a folder without tables is a mistyped --warehouse, not an empty
+        catalog)."""
+        if not self.exists():
+            raise SurveyError(f"warehouse {self.uri} does not exist; run `survey demo` or `survey run` first, or pass "
+                              "--warehouse the folder a survey wrote")
+        entries = self.fs.get_file_info(pafs.FileSelector(self.root))
+        if not any(entry.type == pafs.FileType.Directory and entry.base_name in TABLES for entry in entries):
+            raise SurveyError(f"{self.uri} holds no catalog tables, so it is not a warehouse; pass --warehouse the "
+                              "folder a survey wrote (default catalogs/warehouse), or run `survey run` into it")
+        return self
 
     def ensure_writable(self) -> None:
         """Create the root if needed; turn permission and filesystem errors into one clear line."""
@@ -156,7 +170,14 @@ class Warehouse:
         snapshot = self.delta(table)
         if snapshot is None:
             return pads.dataset(TABLES[table].empty_table())
-        return snapshot.to_pyarrow_dataset(schema=TABLES[table])
+        return self._snapshot_dataset(table, snapshot)
+
+    def _snapshot_dataset(self, table: str, snapshot: DeltaTable) -> pads.Dataset:
+        """`snapshot` as an Arrow dataset read through the warehouse's own (native) filesystem. deltalake's default
+        reads through a Python filesystem handler, whose calls from Arrow's I/O threads cannot run once the
+        interpreter exits: a scan cut short (LIMIT) then aborts, segfaults or hangs the process at exit."""
+        filesystem = pafs.SubTreeFileSystem(f"{self.root}/{table}", self.fs)
+        return snapshot.to_pyarrow_dataset(schema=TABLES[table], filesystem=filesystem)
 
     def committed(self, table: str, key: str) -> bool:
         """Whether unit `key` has committed its rows to `table`."""
@@ -179,7 +200,7 @@ class Warehouse:
         keys = set(pc.filter(files["min.unit_key"], single).to_pylist())
         mixed = {path.rsplit("/", 1)[-1] for path in pc.filter(files["path"], pc.invert(single)).to_pylist()}
         if mixed:  # file names are unique (a UUID each), so the base name finds the fragment
-            for fragment in snapshot.to_pyarrow_dataset(schema=TABLES[table]).get_fragments():
+            for fragment in self._snapshot_dataset(table, snapshot).get_fragments():
                 if fragment.path.rsplit("/", 1)[-1] in mixed:
                     keys.update(pc.unique(fragment.to_table(columns=["unit_key"])["unit_key"]).to_pylist())
         return keys
@@ -279,6 +300,48 @@ class Warehouse:
             self.fs.delete_file(info.path)
         return rows.num_rows
 
+    def relativize_paths(self, table: str) -> int:
+        """Rewrite `table`'s absolute paths to files this warehouse holds as paths relative to its root, in one
+        commit (an overwrite that keeps every row, unit key and app transaction); returns the paths rewritten.
+
+        A path written by an older version names the root it was written under (perhaps the original of this
+        copy): its shortest tail that exists here is the relative path. Paths to files outside (a user's NWB
+        file) stay as they are. Run it with no survey writing to the warehouse."""
+        snapshot, columns = self.delta(table), PATH_COLUMNS[table]
+        if snapshot is None or not columns:
+            return 0
+        data = self.read_table(table)
+        roots: set[str] = set()  # old roots found so far: most paths share one, so few look-ups
+        rewritten = 0
+        for name in columns:
+            paths = data[name].to_pylist()
+            relative = [self._relative(path, roots) for path in paths]
+            changed = sum(old != new for old, new in zip(paths, relative, strict=True))
+            if changed:
+                data = data.set_column(data.schema.get_field_index(name), data.schema.field(name),
+                                       pa.array(relative, pa.string()))
+                rewritten += changed
+        if rewritten:
+            write_deltalake(snapshot, data, mode="overwrite", partition_by=_partitions(table),
+                            storage_options=self.storage_options, configuration=TABLE_PROPERTIES)
+        return rewritten
+
+    def _relative(self, path: str | None, roots: set[str]) -> str | None:
+        """`path` relative to this warehouse when its tail names a file or folder here; else `path` unchanged."""
+        if path is None or not _is_absolute(path):
+            return path
+        bare = path.split("://", 1)[-1] if "://" in path else path
+        for root in roots:
+            if bare.startswith(f"{root}/"):
+                return bare[len(root) + 1:]
+        parts = bare.split("/")
+        for start in range(len(parts) - 1, 0, -1):
+            tail = "/".join(parts[start:])
+            if self.fs.get_file_info(f"{self.root}/{tail}").type != pafs.FileType.NotFound:
+                roots.add("/".join(parts[:start]))
+                return tail
+        return path
+
     def _refuse_old_layout(self, table: str) -> None:
         """One clear line for a warehouse written before the tables were Delta tables (Parquet parts, no log)."""
         selector = pafs.FileSelector(f"{self.root}/{table}", recursive=True, allow_not_found=True)
@@ -292,18 +355,20 @@ class Warehouse:
     # ---- arrays and files -----------------------------------------------------------------------------
 
     def put_array(self, array: np.ndarray) -> tuple[str, str]:
-        """Store `array` as ``arrays/<hash>.npy`` (skipped when present); returns (uri, content hash)."""
+        """Store `array` as ``arrays/<hash>.npy`` (skipped when present); returns (relative path, content hash)."""
         digest = array_hash(array)
-        path = f"{self.root}/arrays/{digest[:32]}.npy"
+        relative = f"arrays/{digest[:32]}.npy"
+        path = f"{self.root}/{relative}"
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
             self._stage_and_move(path, lambda stream: stream.write(buffer.getbuffer()))
-        return self._prefix + path, digest
+        return relative, digest
 
     def put_file(self, local_path: str | os.PathLike, digest: str, suffix: str) -> str:
-        """Copy a local file to ``arrays/<digest>.<suffix>`` (skipped when present); returns its uri."""
-        path = f"{self.root}/arrays/{digest[:32]}{suffix}"
+        """Copy a local file to ``arrays/<digest>.<suffix>`` (skipped when present); returns its relative path."""
+        relative = f"arrays/{digest[:32]}{suffix}"
+        path = f"{self.root}/{relative}"
         if self.fs.get_file_info(path).type != pafs.FileType.File:
 
             def copy(stream: pa.NativeFile) -> None:
@@ -312,55 +377,64 @@ class Warehouse:
                         stream.write(chunk)
 
             self._stage_and_move(path, copy)
-        return self._prefix + path
+        return relative
 
     def put_bytes(self, relative_path: str, data: bytes) -> str:
-        """Write `data` at ``<root>/<relative_path>`` (staged, then renamed); returns its uri."""
-        path = f"{self.root}/{relative_path}"
-        self._stage_and_move(path, lambda stream: stream.write(data))
-        return self._prefix + path
+        """Write `data` at ``<root>/<relative_path>`` (staged, then renamed); returns `relative_path`."""
+        self._stage_and_move(self.resolve(relative_path), lambda stream: stream.write(data))
+        return relative_path
 
     def put_npz(self, relative_path: str, arrays: Mapping[str, np.ndarray]) -> str:
-        """Write `arrays` as an .npz at ``<root>/<relative_path>`` (staged, then renamed); returns its uri."""
+        """Write `arrays` as an .npz at ``<root>/<relative_path>`` (staged, then renamed); returns `relative_path`."""
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return self.put_bytes(relative_path, buffer.getvalue())
 
     def stored(self, relative_path: str) -> str | None:
-        """The uri of ``<root>/<relative_path>`` when that file exists, else None."""
-        path = f"{self.root}/{relative_path}"
-        return self._prefix + path if self.fs.get_file_info(path).type == pafs.FileType.File else None
+        """`relative_path` when that file exists in the warehouse, else None."""
+        return relative_path if self.fs.get_file_info(self.resolve(relative_path)).type == pafs.FileType.File else None
 
-    def read_bytes(self, uri: str) -> bytes:
-        with self.fs.open_input_stream(self._path(uri)) as stream:
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(self.resolve(path)) as stream:
             return stream.read()
 
-    def load_array(self, uri: str) -> np.ndarray:
+    def load_array(self, path: str) -> np.ndarray:
         if self.is_local:
-            return np.load(self._path(uri), allow_pickle=False)
-        with self.fs.open_input_file(self._path(uri)) as stream:
+            return np.load(self.resolve(path), allow_pickle=False)
+        with self.fs.open_input_file(self.resolve(path)) as stream:
             return np.load(io.BytesIO(stream.read()), allow_pickle=False)
 
-    def load_npz(self, uri: str) -> dict[str, np.ndarray]:
-        with self.local_copy(uri) as path, np.load(path, allow_pickle=False) as archive:
+    def load_npz(self, path: str) -> dict[str, np.ndarray]:
+        with self.local_copy(path) as local, np.load(local, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
 
     @contextlib.contextmanager
-    def local_copy(self, uri: str) -> Iterator[str]:
-        """A local path for `uri` (the file itself when local, else a temporary download)."""
+    def local_copy(self, path: str) -> Iterator[str]:
+        """A local path for the stored file `path` (the file itself when local, else a temporary download)."""
         if self.is_local:
-            yield self._path(uri)
+            yield self.resolve(path)
             return
         with tempfile.TemporaryDirectory() as folder:
-            target = os.path.join(folder, os.path.basename(self._path(uri)))
-            with self.fs.open_input_stream(self._path(uri)) as source, open(target, "wb") as sink:
+            target = os.path.join(folder, os.path.basename(path))
+            with self.fs.open_input_stream(self.resolve(path)) as source, open(target, "wb") as sink:
                 shutil.copyfileobj(source, sink, _COPY_CHUNK)
             yield target
 
-    # ---- helpers --------------------------------------------------------------------------------------
+    def resolve(self, path: str) -> str:
+        """Where the stored file `path` (relative to the root, as the tables record it) lies in this warehouse's
+        filesystem. An absolute path, written before paths were relative, is read only when it lies inside this
+        warehouse; one that lies elsewhere (the warehouse was copied or moved) is refused: never the original."""
+        if not _is_absolute(path):
+            return f"{self.root}/{path}"
+        inside = path.removeprefix(self._prefix) if self._prefix else path
+        if inside.startswith(f"{self.root}/"):
+            return inside
+        raise SurveyError(
+            f"warehouse {self.uri} records {path!r}, an absolute path outside it (it was written by an older "
+            f"version and then copied or moved); rewrite its paths relative to the root with `survey migrate -w "
+            f"{self.uri}`")
 
-    def _path(self, uri: str) -> str:
-        return uri[len(self._prefix):] if self._prefix and uri.startswith(self._prefix) else uri
+    # ---- helpers --------------------------------------------------------------------------------------
 
     def _stage_and_move(self, final: str, write: Callable[[pa.NativeFile], object]) -> None:
         folder, name = final.rsplit("/", 1)
@@ -374,6 +448,10 @@ class Warehouse:
             with contextlib.suppress(OSError):
                 self.fs.delete_file(staged)
             raise
+
+
+def _is_absolute(path: str) -> bool:
+    return path.startswith("/") or "://" in path
 
 
 def _is_conflict(error: DeltaError, creating: bool) -> bool:

@@ -8,29 +8,67 @@ so a stage re-run after a kill reuses the finished runs and replaces the unfinis
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from survey.catalog import Warehouse
 from survey.errors import SurveyError
 
 KEY_TAG = "neurosurvey.key"
 EXPERIMENT = "neurosurvey-mei"
 
 
-def default_tracking_uri(warehouse_uri: str | Path) -> str:
-    """SQLite inside a local warehouse: ``sqlite:///<warehouse>/mlflow/mlflow.db`` (its folder made here)."""
-    text = str(warehouse_uri)
-    if "://" in text and not text.startswith("file://"):
-        raise SurveyError(f"warehouse {text} is not a local folder, so it cannot hold MLflow's default SQLite store; "
-                          "pass --mlflow-uri (e.g. http://127.0.0.1:5000 or sqlite:////path/mlflow.db)")
-    folder = Path(text.removeprefix("file://")).expanduser().absolute() / "mlflow"
+def default_tracking_uri(warehouse: Warehouse) -> str:
+    """SQLite inside a local warehouse: ``sqlite:///<warehouse>/mlflow/mlflow.db`` (its folder made here), its
+    artifacts in ``<warehouse>/mlflow/artifacts``. A store copied or moved with its warehouse still records the
+    artifact locations of the original: they are re-pointed here first, so nothing is read from or written to it."""
+    if not warehouse.is_local:
+        raise SurveyError(f"warehouse {warehouse.uri} is not a local folder, so it cannot hold MLflow's default SQLite "
+                          "store; pass --mlflow-uri (e.g. http://127.0.0.1:5000 or sqlite:////path/mlflow.db)")
+    folder = Path(warehouse.root) / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
+    repoint_artifacts(folder / "mlflow.db", folder / "artifacts")
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def repoint_artifacts(database: Path, artifacts: Path) -> int:
+    """Point every experiment of the SQLite tracking store `database` whose artifact location lies outside
+    `artifacts` at `artifacts`, and its runs' artifact URIs with it, in one transaction; returns the experiments
+    re-pointed (0 for a store that is already in place, or not yet created)."""
+    if not database.exists():
+        return 0
+    target = artifacts.as_uri()
+    with contextlib.closing(sqlite3.connect(database, timeout=60)) as db:
+        try:
+            experiments = db.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # MLflow has not created its tables yet
+            return 0
+        moved = [(experiment, old) for experiment, old in experiments if not _inside(old, artifacts)]
+        with db:
+            for experiment, old in moved:
+                db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (target, experiment))
+                if old:
+                    db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                               "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                               (target, len(old) + 1, experiment, len(old), old))
+    return len(moved)
+
+
+def _inside(location: str | None, folder: Path) -> bool:
+    if not location:
+        return False
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return False
+    return Path(unquote(parsed.path)).is_relative_to(folder)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -85,6 +123,18 @@ class Tracker:
 
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def end_parent(self, run_id: str, status: str, params: dict[str, object], summary: dict[str, float],
+                   error: str | None = None) -> None:
+        """End a stage run's parent with `status` (FINISHED, FAILED or KILLED), its settings as params, `summary`
+        as metrics and, for a failure, the error as the tag ``neurosurvey.error``."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(name, float(value), now, 0) for name, value in summary.items()],
+                              params=[Param(key, str(value)) for key, value in params.items()],
+                              tags=[RunTag("neurosurvey.error", error)] if error else [])
+        self.client.set_terminated(run_id, status=status)
 
     def log_run(self, key: str, name: str, tags: dict[str, str], params: dict[str, object], config: dict,
                 metrics: dict[str, np.ndarray], files: dict[str, bytes], parent_id: str | None = None) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -101,24 +103,26 @@ def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: Run
     rows: Counter[str] = Counter()
     planned: set[str] = set()
     run = 0
-    with tqdm(desc=stage.name, unit="unit", disable=not progress) as bar:
-        while True:
-            units = stage.plan(warehouse, info)
-            planned.update(unit.key for unit in units)
-            done = warehouse.done_keys(stage.table)
-            pending = [unit for unit in units if unit.key not in done]
-            if not pending:
-                break
-            bar.total = (bar.total or 0) + len(pending)
-            for count, result in enumerate(executor.map(stage, pending, warehouse, info), start=1):
-                rows.update(result)
-                bar.update()
-                if count % upkeep.compact_after == 0:  # a commit's cost grows with the table's live files
-                    compact_written(warehouse, rows, upkeep)
-            run += len(pending)
-            if not stage.iterative:
-                break
-            compact_written(warehouse, rows, upkeep)
+    with _finishing(stage, warehouse, info):
+        units = stage.plan(warehouse, info)  # a bad input fails here, before the stage shows a bar
+        with tqdm(desc=stage.name, unit="unit", disable=not progress) as bar:
+            while True:
+                planned.update(unit.key for unit in units)
+                done = warehouse.done_keys(stage.table)
+                pending = [unit for unit in units if unit.key not in done]
+                if not pending:
+                    break
+                bar.total = (bar.total or 0) + len(pending)
+                for count, result in enumerate(executor.map(stage, pending, warehouse, info), start=1):
+                    rows.update(result)
+                    bar.update()
+                    if count % upkeep.compact_after == 0:  # a commit's cost grows with the table's live files
+                        compact_written(warehouse, rows, upkeep)
+                run += len(pending)
+                if not stage.iterative:
+                    break
+                compact_written(warehouse, rows, upkeep)
+                units = stage.plan(warehouse, info)
     if run:
         record = {
             "stage": stage.name, "config": canonical_json(stage.settings()), "started": started,
@@ -129,6 +133,18 @@ def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: Run
         rows["runs"] += warehouse.append_unit("runs", f"{info.run_id}-{stage.name}", [record])
         compact_written(warehouse, rows, upkeep)
     return StageReport(stage.name, len(planned), run, time.perf_counter() - clock, dict(rows))
+
+
+@contextlib.contextmanager
+def _finishing(stage: Stage, warehouse: Warehouse, info: RunInfo) -> Iterator[None]:
+    """Let `stage` close what its planning opened, whether its units all ran or one stopped it."""
+    try:
+        yield
+    except BaseException as error:
+        with contextlib.suppress(Exception):  # the stage's own error is the one to report
+            stage.finish(warehouse, info, error)
+        raise
+    stage.finish(warehouse, info, None)
 
 
 def compact_written(warehouse: Warehouse, rows: dict[str, int], settings: CatalogConfig) -> None:

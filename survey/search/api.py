@@ -27,11 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from survey.catalog import Warehouse
 from survey.errors import SurveyError, one_line
 from survey.metrics.configuration import INPUT_LAYOUT
-from survey.search.space import Neighbor, NotFoundError, SearchService, Space
+from survey.search.space import MAX_K, Neighbor, NotFoundError, SearchService, Space
 
 log = logging.getLogger(__name__)
 
-MAX_K = 1000
 MAX_URL_BYTES = 8192  # longer request targets get a 414 (arrays go in a POST /search body)
 REQUEST_HEAD_BYTES = 4 * 2**20  # what the HTTP parser reads before it gives up (and resets the connection)
 NPY = "application/octet-stream"
@@ -215,11 +214,7 @@ def _check_dtype(dtype: np.dtype) -> None:
 
 def create_app(warehouse_uri: str, max_upload_bytes: int = 64 * 2**20) -> FastAPI:
     """The search API over the warehouse at `warehouse_uri`; uploads over `max_upload_bytes` get a 413."""
-    warehouse = Warehouse(warehouse_uri)
-    if not warehouse.exists():
-        raise SurveyError(f"warehouse {warehouse.uri} does not exist; run `survey demo` or `survey run` first, "
-                          "or pass --warehouse")
-    service = SearchService(warehouse)
+    service = SearchService(Warehouse(warehouse_uri).check_catalog())
     app = FastAPIOffline(  # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN
         title="neurosurvey search",
         description="Nearest representations by shape metric over a neurosurvey warehouse's embedding spaces "

@@ -26,6 +26,7 @@ from survey.search.index import VectorIndex
 
 SHORTLIST = 100  # FAISS candidates reranked per query (at least 10 k): a family of related representations
 # larger than the shortlist is ordered poorly by the embedding alone (benchmarks/search_recall.py)
+MAX_K = 1000  # the most neighbours one search returns (the CLI's -k and the API's k alike)
 FILTERS = ("source_kind", "area", "family", "objective")
 METADATA = ("rep_id", "source_kind", "source_id", "source_name", "layer_or_area", "depth", "stimset_id", "n_stimuli",
             "n_units", "family", "objective", "test_accuracy", "subject", "area")  # the metadata a search may filter on
@@ -41,6 +42,13 @@ class Neighbor:
     distance: float
     exact: bool  # True: the metric's own distance; False: Euclidean distance in the embedding
     metadata: dict = field(default_factory=dict)
+
+
+def check_k(k: int, what: str = "k") -> int:
+    """`k` when it is a number of neighbours a search can return (1 to MAX_K); else one SurveyError."""
+    if not 1 <= k <= MAX_K:
+        raise SurveyError(f"{what} {k}: ask for 1 to {MAX_K} neighbours")
+    return k
 
 
 def space_metric(row: dict) -> DistanceMetric:
@@ -195,6 +203,7 @@ class SearchService:
     ) -> list[Neighbor]:
         """The k nearest stored representations to a stored one: FAISS shortlist of k' = `shortlist` (default
         max(10k, SHORTLIST)), reranked by the exact metric distances to it."""
+        check_k(k)
         self.representation(rep_id)
         space = self.space(space_id, rep_id)
         if rep_id not in space.item:
@@ -212,6 +221,7 @@ class SearchService:
     ) -> list[Neighbor]:
         """The k nearest stored representations to an uploaded one (m stimuli × n units of the space's stimulus
         set): exact distances to the landmarks place it by landmark MDS, then FAISS shortlist and exact rerank."""
+        check_k(k)
         space = self.space(space_id)
         metric = space.metric.metric
         values = check_representation(array, "upload", INPUT_NDIM[metric], INPUT_LAYOUT[metric])

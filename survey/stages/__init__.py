@@ -65,6 +65,10 @@ class Stage(ABC):
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         """Do one unit; returns rows written per table."""
 
+    def finish(self, warehouse: Warehouse, info: RunInfo, error: BaseException | None) -> None:  # noqa: B027
+        """Called once the stage's units have run (`error` None) or the stage stopped on `error`: close what
+        planning opened (e.g. an MLflow parent run). Most stages open nothing."""
+
     section: ClassVar[str | None] = None  # the SurveyConfig field holding this stage's options, if one does
 
     @property

@@ -11,11 +11,12 @@ import math
 from functools import lru_cache
 
 import numpy as np
+import pyarrow.dataset as pads
 import torch
 
 from survey.catalog import Warehouse, query_catalog, read_only
 from survey.config import ActivationsConfig, MeiTargets
-from survey.errors import SurveyError
+from survey.errors import SurveyError, one_line
 from survey.hashing import content_key
 from survey.mei.ascent import best_of_seeds, gradient_ascent, project_to_norm
 from survey.mei.egg import Adapter, NonFiniteEnergyError, energy_guided_diffusion
@@ -217,6 +218,7 @@ class MeiStage(Stage):
     table = "mei_runs"
     reads = ("networks", "representations", "predictivity", "stimulus_sets", "priors")
     version = 2  # 2: methods, evaluation models
+    _parent: str | None = None  # the run's MLflow parent, once planning made one
 
     def check(self) -> None:  # refused before any stage writes
         if self.options.targets_sql is not None:
@@ -225,7 +227,7 @@ class MeiStage(Stage):
             check_prior(self.options.egg.prior)
 
     def tracking_uri(self, warehouse: Warehouse) -> str:
-        return self.options.mlflow_uri or default_tracking_uri(warehouse.uri)
+        return self.options.mlflow_uri or default_tracking_uri(warehouse)
 
     def method_recipe(self, method: str) -> dict:
         """The settings one method's MEIs depend on."""
@@ -250,10 +252,10 @@ class MeiStage(Stage):
         for group in groups:  # one forward pass of a grey image: a layer or unit the model lacks fails here
             with torch.no_grad():
                 responses = _responses(group, warehouse, grey.tolist())(torch.zeros((1, *shape)))
-            if max(group["targets"]) >= responses.shape[1]:
+            if min(group["targets"]) < 0 or max(group["targets"]) >= responses.shape[1]:
                 raise SurveyError(f"mei.targets: {group['network']['name']} {group['layer']} has "
                                   f"{responses.shape[1]} {'neurons' if group['session'] else 'units'}; pick indices "
-                                  f"below {responses.shape[1]}")
+                                  f"from 0 to {responses.shape[1] - 1} (got {sorted(group['targets'])})")
         prior = None
         if "egg" in settings.methods:  # the config's own prior when it trains one, else the catalog's
             configured = PriorStage(self.config).plan(warehouse, info)[0].key if self.config.prior else None
@@ -275,10 +277,40 @@ class MeiStage(Stage):
                     "stimset_id": stimset["stimset_id"], "stimset_uri": stimset["uri"], "grey": grey.tolist(),
                     "norm": norm, "shape": shape}))
         if {unit.key for unit in units} - warehouse.done_keys(self.table):  # the run's MLflow parent, made once
-            parent = _tracker(self.tracking_uri(warehouse), settings.experiment).parent(
+            self._parent = _tracker(self.tracking_uri(warehouse), settings.experiment).parent(
                 f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
-            units = [WorkUnit(unit.key, unit.label, {**unit.payload, "parent": parent}) for unit in units]
+            units = [WorkUnit(unit.key, unit.label, {**unit.payload, "parent": self._parent}) for unit in units]
         return units
+
+    def finish(self, warehouse: Warehouse, info: RunInfo, error: BaseException | None) -> None:
+        """End the run's MLflow parent: FINISHED with the settings and a summary per method of the MEIs this run
+        made (count, mean activation, mean activation over the best natural patch, seconds per MEI), or FAILED
+        (KILLED when interrupted) with the error."""
+        if self._parent is None:
+            return
+        settings = self.options
+        params = {"methods": ",".join(settings.methods), "seeds": ",".join(map(str, settings.seeds)),
+                  "stimuli": settings.stimuli, "norm": settings.norm or "set mean", "run_id": info.run_id}
+        if {"ga", "ga_grey"} & set(settings.methods):
+            params |= {"steps": settings.steps, "lr": settings.lr, "blur_sigma": settings.blur_sigma}
+        if "egg" in settings.methods:
+            params |= {"egg_steps": settings.egg.steps, "energy_scale": settings.egg.energy_scale}
+        made = warehouse.dataset(self.table).to_table(
+            columns=["method", "activation", "natural_max", "seconds"],
+            filter=pads.field("run_id") == info.run_id).to_pylist()
+        summary: dict[str, float] = {"meis": len(made)}
+        for method in sorted({row["method"] for row in made}):
+            rows = [row for row in made if row["method"] == method]
+            ratios = [row["activation"] / row["natural_max"] for row in rows if row["natural_max"]]
+            summary |= {f"{method}_meis": len(rows),
+                        f"{method}_mean_activation": float(np.mean([row["activation"] for row in rows])),
+                        f"{method}_seconds_per_mei": float(np.mean([row["seconds"] for row in rows]))}
+            if ratios:
+                summary[f"{method}_mean_activation_over_natural"] = float(np.mean(ratios))
+        status = "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        _tracker(self.tracking_uri(warehouse), settings.experiment).end_parent(
+            self._parent, status, params, summary, None if error is None else one_line(error, 500))
+        self._parent = None
 
     def optimise(self, objective: torch.nn.Module, unit: WorkUnit, warehouse: Warehouse, device: torch.device,
                  targets: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:

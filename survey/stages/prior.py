@@ -97,7 +97,7 @@ class PriorStage(Stage):
                "sample_slope": radial_power_slope(samples.mean(axis=1)),  # of the luminance (channel mean)
                "patch_slope": radial_power_slope(patches[::max(1, len(patches) // 1024)].mean(axis=1)),
                "weights_uri": weights_uri, "content_hash": digest}
-        tracker = Tracker(settings.mlflow_uri or default_tracking_uri(warehouse.uri), settings.experiment)
+        tracker = Tracker(settings.mlflow_uri or default_tracking_uri(warehouse), settings.experiment)
         row["mlflow_run_id"] = tracker.log_run(
             unit.key, unit.label, {"size": str(row["size"])}, {**self.recipe(), "size": row["size"]},
             {**self.recipe(), "unet": unet_config}, {"loss": trained.losses},
