@@ -18,6 +18,7 @@ from rich.table import Table
 from survey.catalog import TABLES, Warehouse, connect, query_catalog, read_only, with_condition
 from survey.config import (
     DEMO_CONFIG,
+    SMALL_DEMO_CONFIG,
     STAGE_NAMES,
     CatalogConfig,
     DistancesConfig,
@@ -95,9 +96,14 @@ def run(
 
 
 @app.command()
-def demo(warehouse: WarehouseOption = DEFAULT_WAREHOUSE, executor: ExecutorOption = None) -> None:
+def demo(
+    warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
+    executor: ExecutorOption = None,
+    small: Annotated[bool, typer.Option("--small", help=(
+        "A smaller survey that still runs every stage (about 2 minutes): fewer networks, sessions, images."))] = False,
+) -> None:
     """The whole survey on the embedded default config, then a summary and where to look next."""
-    execute(with_executor(load_config(DEMO_CONFIG), executor), warehouse)
+    execute(with_executor(load_config(SMALL_DEMO_CONFIG if small else DEMO_CONFIG), executor), warehouse)
     store = Warehouse(warehouse)
     connection = connect(store)
     _print_query(connection, "rows per table", " UNION ALL ".join(
@@ -587,11 +593,13 @@ def submit(
     warehouse: WarehouseOption = DEFAULT_WAREHOUSE,
     wait: Annotated[bool, typer.Option(help="Follow the job's logs until it ends.")] = True,
     working_dir: Annotated[Path | None, typer.Option(help="Directory uploaded with the job (default: here).")] = None,
+    python: Annotated[str | None, typer.Option(help=(
+        "The interpreter the job runs under, a path on the head (default: the first `python` on its PATH)."))] = None,
 ) -> None:
     """Submit a survey as a Ray job (`jobs/run_survey.py`); needs RAY_AUTH_MODE=token and the cluster's token."""
     from survey.runtime.jobs import submit_survey
 
-    status = submit_survey(config, warehouse, address, follow=wait, working_dir=working_dir)
+    status = submit_survey(config, warehouse, address, follow=wait, working_dir=working_dir, python=python)
     if status not in ("SUCCEEDED", "PENDING", "RUNNING"):
         raise SurveyError(f"Ray job ended {status}; read its logs with `ray job logs` on {address}")
 

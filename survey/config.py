@@ -17,6 +17,7 @@ STAGE_NAMES = ("stimuli", "networks", "sessions", "activations", "distances", "c
                "spaces", "prior", "mei")
 CONV_SIZE = 4  # conv metric: maps are average-pooled to this many positions a side (distances and their spaces)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+SMALL_DEMO_CONFIG = Path(__file__).parent / "configs" / "demo-small.yaml"  # every stage, smaller (the tests run it)
 
 
 class _Strict(BaseModel):
@@ -226,6 +227,10 @@ class PriorConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mlflow_uri: str | None = None  # the training loss is logged here (None: sqlite:///<warehouse>/mlflow/mlflow.db)
     experiment: str = "neurosurvey-prior"
+
+    def recipe(self) -> dict:
+        """The fields a prior's weights depend on (its identity, with the image size)."""
+        return self.model_dump(mode="json", exclude={"stimuli", "device", "mlflow_uri", "experiment"})
 
 
 class EggConfig(_Strict):

@@ -55,11 +55,11 @@ def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120)
 
 
 @contextlib.contextmanager
-def job_head(tmp_path: Path, env: dict) -> Iterator[tuple[str, str, Path]]:
+def job_head(tmp_path: Path, env: dict, ray_path: str | None = None) -> Iterator[tuple[str, str, Path]]:
     """Our own Ray head on 127.0.0.1 (stopped by its process group, never `ray stop`, which would stop every cluster
     on the machine) and a job working directory holding jobs/ and survey.yaml (TINY on 2 single-CPU actors): yields
-    the `ray` command, the dashboard address and that directory."""
-    ray = shutil.which("ray", path=env["PATH"])
+    the `ray` command (found on `ray_path`, default the head's PATH), the dashboard address and that directory."""
+    ray = shutil.which("ray", path=ray_path or env["PATH"])
     gcs_port, dashboard_port = _free_port(), _free_port()
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
@@ -111,6 +111,25 @@ def test_ray_job_submit_to_our_own_head(tmp_path):
             assert set(rows) == {'"network"', '"session"'} and int(rows['"session"']) == 12
             assert table_counts(Warehouse(warehouse))["networks"] == 4
         assert catalog_fingerprint(Warehouse(tmp_path / "ray")) == catalog_fingerprint(Warehouse(tmp_path / "survey"))
+
+
+def test_a_head_started_outside_the_environment_gets_a_one_line_diagnosis(tmp_path):
+    """A head whose PATH leads to a `python` without the project's packages (the system interpreter): `survey submit`
+    ends with the job's one `error:` line, naming that interpreter and the fix, and exit status 2."""
+    system = tmp_path / "system-bin"
+    system.mkdir()
+    (system / "python").symlink_to(Path(sys.base_prefix) / "bin" / "python3")  # what the venv was made from
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    head_env = {**os.environ, **token, "PATH": os.pathsep.join([str(system), "/usr/bin", "/bin"])}
+    with job_head(tmp_path, head_env, ray_path=job_path()) as (_, address, work):
+        result = subprocess.run([sys.executable, "-c", "from survey.cli import main; main()", "submit", "survey.yaml",
+                                 "--address", address, "-w", str(tmp_path / "wh"), "--working-dir", str(work)],
+                                env={**os.environ, **token}, capture_output=True, text=True, timeout=600, cwd=work)
+    message = result.stderr.strip()
+    assert result.returncode == 2 and message.startswith("error: ") and "\n" not in message, result.stderr[-3000:]
+    assert f"the job runs under {system / 'python'}" in message and "No module named" in message, message
+    assert "start the Ray head from the project's environment" in message and "--python" in message
+    assert not (tmp_path / "wh").exists()
 
 
 def test_actors_take_the_gpus_they_ask_for_and_compute_on_the_cpu_without_cuda(tmp_path):

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from survey.errors import SurveyError
 from survey.validation import check_int
@@ -95,11 +94,12 @@ def gradient_ascent(
     jitter: int = 0,
     fourier: bool = False,
     device: torch.device | str = "cpu",
-    progress: bool = False,
+    progress: Callable[[], object] | None = None,
 ) -> Ascent:
     """Maximise `objective` (B images → B activations, image b for its own target) over `n_images` images of
     `shape` (C × H × W) at L2 norm `norm`, all in one batched forward/backward pass per step. `generator` (on
-    `device`) makes every random draw: the initialisation, then the jitter shifts."""
+    `device`) makes every random draw: the initialisation, then the jitter shifts. `progress` is called after each
+    step."""
     n_images = check_int("n_images", n_images, 1)
     steps = check_int("steps", steps, 1)
     jitter = check_int("jitter", jitter, 0)
@@ -130,7 +130,7 @@ def gradient_ascent(
     optimiser = torch.optim.AdamW([parameter], lr=lr, weight_decay=0.0)  # decay would undo z's growth
     history = torch.empty((steps, n_images), device=device)
     started = device_clock(device)
-    for step in tqdm(range(steps), desc="gradient ascent", unit="step", disable=not progress, leave=False):
+    for step in range(steps):
         optimiser.zero_grad(set_to_none=True)
         z = pixels()
         if blur_sigma > 0:
@@ -143,6 +143,8 @@ def gradient_ascent(
         history[step] = activation.detach()
         (-activation.sum()).backward()
         optimiser.step()
+        if progress is not None:
+            progress()
     with torch.no_grad():
         images = project_to_norm(pixels(), norm)
         final = objective(images)

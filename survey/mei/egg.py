@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from survey.errors import SurveyError
 from survey.mei.ascent import device_clock, project_to_norm
@@ -124,10 +123,11 @@ def energy_guided_diffusion(
     steps: int = 100,
     energy_scale: float = 10.0,
     device: torch.device | str = "cpu",
-    progress: bool = False,
+    progress: Callable[[], object] | None = None,
 ) -> Sampling:
     """`n_images` samples of `prior`, each guided down its own `energy` (B adapted images → B energies), all in one
-    batch per step. `generator` (on `device`) draws x_T and then each step's noise, in that order."""
+    batch per step. `generator` (on `device`) draws x_T and then each step's noise, in that order; `progress` is
+    called after each step."""
     n_images = check_int("n_images", n_images, 1)
     if not (energy_scale >= 0 and math.isfinite(energy_scale)):
         raise SurveyError(f"energy_scale={energy_scale}: pass a finite scale ≥ 0")
@@ -137,8 +137,7 @@ def energy_guided_diffusion(
     noisy = torch.randn(shape, generator=generator, device=device)
     history = torch.empty((len(schedule), n_images))
     started = device_clock(device)
-    for index, step in enumerate(tqdm(schedule, desc="energy-guided diffusion", unit="step", disable=not progress,
-                                      leave=False)):
+    for index, step in enumerate(schedule):
         with torch.enable_grad():
             clean, values, gradient = guidance(prior, step, noisy, energy, adapt)
         history[index] = values.cpu()
@@ -147,6 +146,8 @@ def energy_guided_diffusion(
             mean = mean + deviation * torch.randn(shape, generator=generator, device=device)
         lengths = gradient.flatten(1).norm(dim=1).clamp_min(torch.finfo(gradient.dtype).tiny)
         noisy = mean - energy_scale * gradient / lengths.view(-1, 1, 1, 1)
+        if progress is not None:
+            progress()
     with torch.no_grad():
         images = adapt(noisy)
         final = energy(images)

@@ -18,7 +18,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from survey.errors import SurveyError
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
@@ -104,10 +103,10 @@ class TrainedPrior:
 
 def train_prior(patches: np.ndarray, *, widths: Sequence[int] = (16, 32, 32), steps: int = 3000,
                 batch_size: int = 32, lr: float = 2e-3, timesteps: int = 1000, seed: int = 0,
-                device: torch.device | str = "cpu", progress: bool = False) -> TrainedPrior:
+                device: torch.device | str = "cpu", progress: Callable[[], object] | None = None) -> TrainedPrior:
     """Fit a `UNet2DModel` to predict ε on `patches` (n × C × S × S in [−1, 1]) by the simple loss of Ho et al.
     2020 (eq. 14) under diffusers' linear β schedule (Ho et al. 2020, §4); AdamW with a cosine-decayed rate; all
-    randomness from `seed`."""
+    randomness from `seed`; `progress` is called after each step."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     if patches.ndim != 4 or patches.shape[2] != patches.shape[3]:
@@ -128,7 +127,7 @@ def train_prior(patches: np.ndarray, *, widths: Sequence[int] = (16, 32, 32), st
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     losses = np.empty(steps)
     started = time.perf_counter()
-    for step in tqdm(range(steps), desc="training the diffusion prior", unit="step", disable=not progress):
+    for step in range(steps):
         rows = torch.randint(0, len(data), (batch_size,), generator=generator, device=device)
         clean = data[rows]
         clean = torch.where(torch.rand((batch_size, 1, 1, 1), generator=generator, device=device) < 0.5,
@@ -142,6 +141,8 @@ def train_prior(patches: np.ndarray, *, widths: Sequence[int] = (16, 32, 32), st
         optimiser.step()
         decay.step()
         losses[step] = float(loss.detach())
+        if progress is not None:
+            progress()
     return TrainedPrior(unet.eval().requires_grad_(False), scheduler_config, losses, time.perf_counter() - started)
 
 

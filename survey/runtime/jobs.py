@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -16,13 +17,15 @@ FINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 def submit_survey(
     config: Path, warehouse: str, address: str, *, follow: bool = True, working_dir: Path | None = None,
-    timeout_s: float = 3600.0,
+    python: str | None = None, timeout_s: float = 3600.0,
 ) -> str:
     """Submit `python -m jobs.run_survey` for `config` to the Ray cluster at `address`; returns the job status.
 
     The working directory (the project root by default) is uploaded with the job; `config` must lie inside
-    it. Ray 2.60 clusters use token authentication: the client needs RAY_AUTH_MODE=token and the cluster's
-    token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
+    it. The job runs under `python` (a path on the head, for the entrypoint and Ray's workers alike), by default
+    the first `python` on the head's PATH. Ray 2.60 clusters use token authentication: the client needs
+    RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). A job
+    that ends FAILED with an `error:` line (a bad input, or an interpreter without the project) raises it.
     """
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -37,12 +40,12 @@ def submit_survey(
         raise SurveyError(f"cannot reach the Ray cluster at {address} ({one_line(err)}); "
                           "check --address and RAY_AUTH_MODE=token / the cluster's token") from None
     store = Warehouse(warehouse)
-    entrypoint = (f"python -m jobs.run_survey --config {config.relative_to(working_dir)} "
-                  f"--warehouse {store.uri}")
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(working_dir), "excludes": UPLOAD_EXCLUDES},
-    )
+    entrypoint = (f"{shlex.quote(python or 'python')} -m jobs.run_survey --config "
+                  f"{shlex.quote(str(config.relative_to(working_dir)))} --warehouse {shlex.quote(store.uri)}")
+    runtime_env = {"working_dir": str(working_dir), "excludes": UPLOAD_EXCLUDES}
+    if python:
+        runtime_env["py_executable"] = python
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     print(f"submitted Ray job {job_id}: {entrypoint}")
     if not follow:
         return str(client.get_job_status(job_id))
@@ -51,5 +54,13 @@ def submit_survey(
     while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.monotonic() < deadline:
         time.sleep(1.0)
         status = client.get_job_status(job_id)
-    print(client.get_job_logs(job_id)[-4000:])
-    return str(status.value if hasattr(status, "value") else status)
+    logs = client.get_job_logs(job_id)
+    print(logs[-4000:])
+    status = str(status.value if hasattr(status, "value") else status)
+    if status == "FAILED":
+        errors = [line for line in logs.splitlines() if line.startswith("error: ")]
+        last = next((line for line in reversed(logs.splitlines()) if line.strip()), "no output")
+        raise SurveyError(errors[-1].removeprefix("error: ") + f" (Ray job {job_id})" if errors else
+                          f"Ray job {job_id} ended FAILED; its last line: {one_line(last, 300)}; read its logs with "
+                          f"`ray job logs {job_id} --address {address}`")
+    return status

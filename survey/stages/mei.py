@@ -22,6 +22,7 @@ from survey.mei.ascent import best_of_seeds, gradient_ascent, project_to_norm
 from survey.mei.egg import Adapter, NonFiniteEnergyError, energy_guided_diffusion
 from survey.mei.targets import EncodingModel, LayerResponses, RowTargets, closest_units
 from survey.mei.tracking import Tracker, default_tracking_uri
+from survey.progress import step_bar
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
 from survey.stages.networks import load_network
 from survey.stages.predictivity import load_readout
@@ -324,19 +325,21 @@ class MeiStage(Stage):
             def seen(images: torch.Tensor) -> torch.Tensor:
                 return images.expand(-1, shape[0], -1, -1) if grey else images
 
-            result = gradient_ascent(lambda images: objective(seen(images)), n_images,
-                                     (1, *shape[1:]) if grey else shape,
-                                     norm=payload["norm"] / math.sqrt(shape[0]) if grey else payload["norm"],
-                                     generator=generator, steps=settings.steps, lr=settings.lr,
-                                     blur_sigma=settings.blur_sigma, jitter=settings.jitter, fourier=settings.fourier,
-                                     device=device)
+            with step_bar(settings.steps, unit.label) as step:
+                result = gradient_ascent(lambda images: objective(seen(images)), n_images,
+                                         (1, *shape[1:]) if grey else shape,
+                                         norm=payload["norm"] / math.sqrt(shape[0]) if grey else payload["norm"],
+                                         generator=generator, steps=settings.steps, lr=settings.lr,
+                                         blur_sigma=settings.blur_sigma, jitter=settings.jitter,
+                                         fourier=settings.fourier, device=device, progress=step)
             return seen(result.images), result.activation, result.history, result.seconds
         prior = load_prior(warehouse, payload["prior"], device)
         try:
-            result = energy_guided_diffusion(lambda images: -objective(images), prior, n_images,
-                                              adapt=Adapter(shape, payload["norm"]), generator=generator,
-                                              steps=settings.egg.steps, energy_scale=settings.egg.energy_scale,
-                                              device=device)
+            with step_bar(settings.egg.steps, unit.label) as step:
+                result = energy_guided_diffusion(lambda images: -objective(images), prior, n_images,
+                                                  adapt=Adapter(shape, payload["norm"]), generator=generator,
+                                                  steps=settings.egg.steps, energy_scale=settings.egg.energy_scale,
+                                                  device=device, progress=step)
         except NonFiniteEnergyError as error:
             seeds = len(settings.seeds)
             bad = sorted({targets[image // seeds] for image in error.images})

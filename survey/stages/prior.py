@@ -1,5 +1,6 @@
-"""Stage `prior`: the project's diffusion prior for EGG, trained once per recipe and image size → `priors` (weights
-in the warehouse as safetensors, the training loss in MLflow). DESIGN §5.5; the math is in survey.mei.prior."""
+"""Stage `prior`: the project's diffusion prior for EGG, trained once per recipe and image size (or registered from
+the package when it ships that recipe's prior) → `priors` (weights in the warehouse as safetensors, the training loss
+in MLflow). DESIGN §5.5; the math is in survey.mei.prior, the building and shipped priors in survey.priors."""
 
 from __future__ import annotations
 
@@ -8,31 +9,20 @@ import os
 import tempfile
 from functools import lru_cache
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from survey.catalog import Warehouse
 from survey.errors import SurveyError
 from survey.hashing import content_key, file_hash
-from survey.mei.egg import energy_guided_diffusion
-from survey.mei.prior import (
-    DiffusionPrior,
-    diffusers_prior,
-    load_diffusers_prior,
-    load_prior_callable,
-    prior_patches,
-    radial_power_slope,
-    train_prior,
-)
-from survey.mei.tracking import Tracker, default_tracking_uri, png_bytes
+from survey.mei.prior import DiffusionPrior, diffusers_prior, load_diffusers_prior, load_prior_callable
+from survey.mei.tracking import Tracker, default_tracking_uri
+from survey.priors import build_prior, shipped_prior
+from survey.progress import step_bar
 from survey.sources.checkpoints import load_into
-from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
+from survey.stages import RunInfo, Stage, WorkUnit
 from survey.stages.stimuli import catalog_stimulus_sets
 from survey.validation import resolve_device
-
-N_SAMPLES = 64  # prior samples drawn after training: their spectrum slope is stored, their grid logged
-SAMPLE_STEPS = 250  # … with this many respaced steps (at 100, a small prior's samples come out smoother)
 
 
 def stimulus_size(warehouse: Warehouse, name: str, option: str) -> int:
@@ -44,64 +34,51 @@ def stimulus_size(warehouse: Warehouse, name: str, option: str) -> int:
     return int(stimset["height"])
 
 
-def tile(images: np.ndarray, columns: int = 8) -> np.ndarray:
-    """n × C × H × W images as one C × rows·H × columns·W grid (blank cells at the end)."""
-    n, channels, height, width = images.shape
-    rows = -(-n // columns)
-    grid = np.zeros((channels, rows * height, columns * width), dtype=images.dtype)
-    for index, image in enumerate(images):
-        row, column = divmod(index, columns)
-        grid[:, row * height:(row + 1) * height, column * width:(column + 1) * width] = image
-    return grid
-
-
 class PriorStage(Stage):
+    """Trains the prior of the config's recipe at the stimulus set's size, or registers the one the package ships
+    for exactly that recipe (`survey.priors`: built by this same recipe, so the result is the same prior)."""
+
     name = "prior"
     section = "prior"
     table = "priors"
     reads = ("stimulus_sets",)
 
-    def recipe(self) -> dict:
-        return self.options.model_dump(mode="json", exclude={"stimuli", "device", "mlflow_uri", "experiment"})
-
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         size = stimulus_size(warehouse, self.options.stimuli, "prior.stimuli")
-        key = content_key("prior", self.recipe(), size, self.version)
+        key = content_key("prior", self.options.recipe(), size, self.version)
         return [WorkUnit(key, f"diffusion prior {size} × {size}", {"size": size})]
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
-        settings = self.options
-        device = resolve_device(settings.device)
-        patches = prior_patches(settings.n_patches, unit.payload["size"], settings.seed, settings.channels)
-        with torch_threads(info.threads):
-            trained = train_prior(patches, widths=settings.widths, steps=settings.steps,
-                                  batch_size=settings.batch_size, lr=settings.lr, timesteps=settings.timesteps,
-                                  seed=settings.seed, device=device)
-            samples = energy_guided_diffusion(lambda images: images.new_zeros(len(images)), trained.prior(),
-                                              N_SAMPLES, adapt=lambda images: images, energy_scale=0.0,
-                                              steps=SAMPLE_STEPS,
-                                              generator=torch.Generator(device).manual_seed(settings.seed),
-                                              device=device).images.cpu().numpy()
+        settings, size = self.options, unit.payload["size"]
+        recipe = settings.recipe()
+        shipped = shipped_prior(recipe, size)
         with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "prior.safetensors")
-            save_file({k: v.detach().cpu().contiguous() for k, v in trained.unet.state_dict().items()}, path)
+            if shipped is not None:
+                built, path = shipped
+            else:
+                with step_bar(settings.steps, "training the diffusion prior") as step:
+                    built = build_prior(recipe, size, resolve_device(settings.device), step)
+                path = os.path.join(folder, "prior.safetensors")
+                save_file({k: v.detach().cpu().contiguous() for k, v in built.trained.unet.state_dict().items()},
+                          path)
             digest = file_hash(path)
             weights_uri = warehouse.put_file(path, digest, ".safetensors")
+        trained = built.trained
         unet_config = {k: v for k, v in dict(trained.unet.config).items() if not k.startswith("_")}
-        row = {"prior_id": unit.key, "size": unit.payload["size"], "channels": patches.shape[1],
-               "recipe": json.dumps(self.recipe(), sort_keys=True),
+        row = {"prior_id": unit.key, "size": size, "channels": settings.channels,
+               "recipe": json.dumps(recipe, sort_keys=True),
                "unet_config": json.dumps(unet_config, sort_keys=True, default=list),
                "scheduler_config": json.dumps(trained.scheduler_config, sort_keys=True, default=list),
                "n_params": sum(p.numel() for p in trained.unet.parameters()),
                "final_loss": float(trained.losses[-100:].mean()), "seconds": trained.seconds,
-               "sample_slope": radial_power_slope(samples.mean(axis=1)),  # of the luminance (channel mean)
-               "patch_slope": radial_power_slope(patches[::max(1, len(patches) // 1024)].mean(axis=1)),
+               "sample_slope": built.sample_slope, "patch_slope": built.patch_slope,
                "weights_uri": weights_uri, "content_hash": digest}
         tracker = Tracker(settings.mlflow_uri or default_tracking_uri(warehouse), settings.experiment)
+        source = "shipped with the package" if shipped is not None else "trained in this run"
         row["mlflow_run_id"] = tracker.log_run(
-            unit.key, unit.label, {"size": str(row["size"])}, {**self.recipe(), "size": row["size"]},
-            {**self.recipe(), "unet": unet_config}, {"loss": trained.losses},
-            {"samples.png": png_bytes(tile(samples)), "patches.png": png_bytes(tile(patches[:N_SAMPLES]))})
+            unit.key, unit.label, {"size": str(size), "source": source}, {**recipe, "size": size},
+            {**recipe, "unet": unet_config}, {"loss": trained.losses},
+            {"samples.png": built.samples_png, "patches.png": built.patches_png})
         return {self.table: warehouse.append_unit(self.table, unit.key, [{**row, **info.provenance()}])}
 
 
