@@ -12,7 +12,7 @@ from survey.errors import SurveyError, one_line
 
 # What the job's working directory upload leaves out: environments, data and caches.
 UPLOAD_EXCLUDES = [".venv/", ".git/", "catalogs/warehouse/", "**/__pycache__/", "*.nwb", ".pytest_cache/"]
-FINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 60.0  # how long a just-started head's job agent is waited for
 
 
 def submit_survey(
@@ -45,7 +45,15 @@ def submit_survey(
     runtime_env = {"working_dir": str(working_dir), "excludes": UPLOAD_EXCLUDES}
     if python:
         runtime_env["py_executable"] = python
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as err:  # a head that has just started: its job agent is not up yet
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise SurveyError(f"the Ray cluster at {address} refused the job ({one_line(err, 300)})") from None
+            time.sleep(1.0)
     print(f"submitted Ray job {job_id}: {entrypoint}")
     if not follow:
         return str(client.get_job_status(job_id))
