@@ -32,6 +32,27 @@ def test_parts_are_keyed_and_idempotent(tmp_path):
     assert warehouse.read_table("runs").num_rows == 3
 
 
+def test_a_unit_committed_while_its_table_is_being_created_lands_once(tmp_path, monkeypatch):
+    """Writer B saw no table yet; writer A then created it with the same unit. B must find A's commit, not append
+    the unit a second time (two concurrent first runs of a survey used to leave a duplicate row)."""
+    warehouse = Warehouse(tmp_path / "wh")
+    warehouse.ensure_writable()
+    original = Warehouse.delta
+    stale = {"runs": 1}  # B's first look: before A's commit
+
+    def delta(self, table):
+        if stale.get(table):
+            stale[table] = 0
+            self.append_unit(table, "a", [_run_row("by A")])  # A creates the table with unit a meanwhile
+            return None  # what B saw before
+        return original(self, table)
+
+    monkeypatch.setattr(Warehouse, "delta", delta)
+    assert warehouse.append_unit("runs", "a", [_run_row("by B")]) == 0
+    monkeypatch.setattr(Warehouse, "delta", original)
+    assert [row["stage"] for row in warehouse.rows("runs")] == ["by A"]
+
+
 def test_staged_and_foreign_files_are_invisible_to_queries(tmp_path):
     warehouse = Warehouse(tmp_path / "wh")
     warehouse.ensure_writable()

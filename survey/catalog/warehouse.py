@@ -212,19 +212,30 @@ class Warehouse:
         data = pa.Table.from_pylist([{**row, "unit_key": key} for row in rows], schema=schema)
         commit = CommitProperties(app_transactions=[Transaction(key, 1)])
         for attempt in range(COMMIT_ATTEMPTS):
-            snapshot = self.delta(table)
-            if snapshot is not None and snapshot.transaction_version(key) is not None:
+            snapshot = self.delta(table) or self._create(table)
+            if snapshot.transaction_version(key) is not None:
                 return 0
-            try:
-                write_deltalake(snapshot if snapshot is not None else self.table_uri(table), data, mode="append",
-                                partition_by=_partitions(table), storage_options=self.storage_options,
-                                commit_properties=commit, configuration=TABLE_PROPERTIES)
+            try:  # from a loaded snapshot, so that a concurrent commit of the same key conflicts
+                write_deltalake(snapshot, data, mode="append", partition_by=_partitions(table),
+                                storage_options=self.storage_options, commit_properties=commit)
                 return data.num_rows
-            except (CommitFailedError, DeltaError) as err:  # a concurrent commit won: look again
-                if attempt == COMMIT_ATTEMPTS - 1 or not _is_conflict(err, snapshot is None):
+            except CommitFailedError:  # a concurrent commit won: look again
+                if attempt == COMMIT_ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.01, 0.05 * (attempt + 1)))
         raise AssertionError("unreachable")
+
+    def _create(self, table: str) -> DeltaTable:
+        """`table` created empty (its first commit: schema, partitions, properties, no rows), or opened when another
+        writer created it first. Units append only to a loaded snapshot: one appended to a table's location while
+        another writer creates it would not see that writer's commit of the same unit, and would land twice."""
+        try:
+            DeltaTable.create(self.table_uri(table), TABLES[table], mode="error", partition_by=_partitions(table),
+                              configuration=TABLE_PROPERTIES, storage_options=self.storage_options)
+        except DeltaError:  # "already exists", or a lost race for version 0: fine once the table is there
+            if self.delta(table) is None:
+                raise
+        return self.delta(table)
 
     def mergeable_files(self, table: str, small_bytes: int) -> int:
         """How many of `table`'s data files smaller than `small_bytes` compaction would fold away: in each
@@ -452,14 +463,6 @@ class Warehouse:
 
 def _is_absolute(path: str) -> bool:
     return path.startswith("/") or "://" in path
-
-
-def _is_conflict(error: DeltaError, creating: bool) -> bool:
-    """Whether `error` is another writer's commit winning the race (retry), not a real failure (raise)."""
-    if isinstance(error, CommitFailedError):
-        return True
-    text = str(error).lower()
-    return creating and ("already exists" in text or "version 0" in text)
 
 
 def _partitions(table: str) -> list[str] | None:
