@@ -125,7 +125,8 @@ def test_a_stage_compacts_what_it_wrote_once_small_files_pile_up(tmp_path):
     # one partition (metric=linear), checked every 4 units: at unit 4 compaction would fold away 3 files (below
     # the bar of 4), at unit 8 seven, so the 8 files became one; units 9 and 10 add two, and at the end one would go
     snapshot = warehouse.delta("shape_distances")
-    assert [c["operation"] for c in reversed(snapshot.history())] == ["WRITE"] * 8 + ["OPTIMIZE"] + ["WRITE"] * 2
+    assert [c["operation"] for c in reversed(snapshot.history())] == (
+        ["CREATE TABLE"] + ["WRITE"] * 8 + ["OPTIMIZE"] + ["WRITE"] * 2)
     assert len(snapshot.file_uris()) == 3
     assert len(warehouse.done_keys("shape_distances")) == 10 and len(stored(warehouse)) == 30 * 29 // 2
 

@@ -341,7 +341,7 @@ class Warehouse:
         """`path` relative to this warehouse when its tail names a file or folder here; else `path` unchanged."""
         if path is None or not _is_absolute(path):
             return path
-        bare = path.split("://", 1)[-1] if "://" in path else path
+        bare = path.split("://", 1)[-1]
         for root in roots:
             if bare.startswith(f"{root}/"):
                 return bare[len(root) + 1:]
