@@ -565,7 +565,7 @@ def prior_train(
         key = PriorStage(config).plan(store, None)[0].key
         row = next(row for row in store.rows("priors") if row["prior_id"] == key)
         save_prior(catalog_unet(store, row), json.loads(row["scheduler_config"]), out)
-        console.print(f"Written to {out} (pass it as mei.egg.prior or --prior)")
+        console.print(f"Written to {out} (pass it as mei.egg.prior or --prior)", soft_wrap=True)
 
 
 @sessions_app.command("synth")

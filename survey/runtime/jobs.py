@@ -12,7 +12,7 @@ from survey.errors import SurveyError, one_line
 
 # What the job's working directory upload leaves out: environments, data and caches.
 UPLOAD_EXCLUDES = [".venv/", ".git/", "catalogs/warehouse/", "**/__pycache__/", "*.nwb", ".pytest_cache/"]
-AGENT_WAIT_S = 60.0  # how long a just-started head's job agent is waited for
+AGENT_WAIT_S = 180.0  # how long a just-started head's job agent is waited for (minutes on a loaded machine)
 
 
 def submit_survey(
