@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-WIDEST = 240  # a table up to this many columns wide is printed whole, wider than the terminal if need be
 
 
 class OutputFormat(StrEnum):
@@ -23,20 +22,39 @@ class OutputFormat(StrEnum):
 
 
 def print_table(columns: list[str], rows: list[dict], title: str | None = None, path: Path | None = None) -> None:
-    """`rows` as a rich table, on the terminal or into the text file `path`. No value is ever elided: the table
-    grows past the terminal's width (up to WIDEST) so that ids print whole and can be copied into the next command;
-    beyond that, long cells fold onto more lines."""
+    """`rows` as a rich table, on the terminal or into the text file `path`. No value is ever elided or broken
+    inside a word: text wraps at its spaces, and the table grows past the terminal's width only where a word needs
+    it, so that ids print whole and can be copied into the next command."""
+    cells = [["" if row[c] is None else str(row[c]) for c in columns] for row in rows]
+    texts = [[column, *(values[index] for values in cells)] for index, column in enumerate(columns)]
+    widths = _column_widths(texts, console.width)
     table = Table(*columns, title=title)
-    for column in table.columns:
-        column.overflow = "fold"
-    for row in rows:
-        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
-    natural = console.measure(table, options=console.options.update_width(WIDEST)).maximum
+    for column, width in zip(table.columns, widths, strict=True):
+        column.width, column.overflow = width, "fold"
+    for values in cells:
+        table.add_row(*values)
+    total = sum(widths) + 3 * len(widths) + 1  # each column's padding and border, and the last border
     if path is not None:
         with path.open("w") as sink:
-            Console(file=sink, width=natural).print(table)
+            Console(file=sink, width=total).print(table)
     else:
-        (console if natural <= console.width else Console(width=natural)).print(table)
+        (console if total <= console.width else Console(width=total)).print(table)
+
+
+def _column_widths(texts: list[list[str]], terminal: int) -> list[int]:
+    """Each column's width (its header and cells in `texts`): its longest text when the table fits the terminal;
+    otherwise columns of one word per cell (ids, numbers) keep their longest, and the others share what is left of
+    the terminal's width in proportion to their longest texts, never below their longest word (so the table is
+    wider than the terminal only where a word needs it)."""
+    longest = [max(len(text) for text in column) for column in texts]
+    word = [max(len(part) for text in column for part in text.split() or [""]) for column in texts]
+    borders = 3 * len(texts) + 1
+    if sum(longest) + borders <= terminal:
+        return longest
+    single = [all(len(text.split()) <= 1 for text in column[1:]) for column in texts]
+    rest = terminal - borders - sum(n for n, one in zip(longest, single, strict=True) if one)
+    shared = sum(n for n, one in zip(longest, single, strict=True) if not one) or 1
+    return [n if one else max(w, rest * n // shared) for n, w, one in zip(longest, word, single, strict=True)]
 
 
 def emit(data: pa.Table, output_format: OutputFormat, output: Path | None = None, title: str | None = None) -> None:
