@@ -403,8 +403,9 @@ def sql(
     """Query the catalogs with DuckDB: one read-only statement (SELECT, WITH, DESCRIBE, SUMMARIZE, EXPLAIN) over
     each table's current Delta snapshot, in memory; DuckDB may open no file."""
     if (query is None) == (file is None):
-        raise SurveyError("pass the query as the argument or with --file QUERY.sql ('--file -': standard input), "
-                          "not both")
+        given = "both a query and --file" if query is not None else "no query"
+        raise SurveyError(f"{given}: pass the query as the argument or with --file QUERY.sql ('--file -': standard "
+                          "input), one of the two")
     if file is not None:
         try:
             query = sys.stdin.read() if str(file) == "-" else file.read_text()
@@ -447,7 +448,7 @@ def migrate(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
     tables of the old layout (Parquet parts, no Delta log) become Delta tables (shape distances and spaces, keyed
     otherwise before, are dropped for `survey run` to recompute), and absolute paths to the warehouse's own files
     become paths relative to its root (one commit per table), so that a copy or a move of it stands alone."""
-    from survey.mei.tracking import default_tracking_uri
+    from survey.mei.tracking import repoint_artifacts
 
     store = _existing(warehouse)
     rows = [{"table": name, "rows": converted} for name in TABLES
@@ -456,7 +457,7 @@ def migrate(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
     paths = [{"table": name, "paths": rewritten} for name in TABLES if (rewritten := store.relativize_paths(name))]
     print_table(["table", "paths"], paths, title="absolute paths made relative to the warehouse root")
     if store.is_local:
-        default_tracking_uri(store)  # re-points the MLflow store's artifact locations at this warehouse
+        repoint_artifacts(store)  # the default MLflow store's artifacts, at this warehouse
 
 
 @app.command()

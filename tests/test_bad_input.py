@@ -261,7 +261,9 @@ def test_sql_query_file_and_standard_input(tiny_surveyed, tmp_path):
     root = Path(tiny_surveyed.root)
     command_fails_cleanly(root, "sql", "--file", str(tmp_path / "none.sql"), "-w", str(root),
                           expected=("none.sql", "cannot be read"))
-    command_fails_cleanly(root, "sql", "SELECT 1", "--file", str(path), "-w", str(root), expected=("not both",))
+    command_fails_cleanly(root, "sql", "SELECT 1", "--file", str(path), "-w", str(root),
+                          expected=("both a query and --file",))
+    command_fails_cleanly(root, "sql", "-w", str(root), expected=("no query",))
 
 
 def test_ids_print_whole_at_80_columns(tiny_surveyed):

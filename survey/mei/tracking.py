@@ -30,19 +30,26 @@ def default_tracking_uri(warehouse: Warehouse) -> str:
     """SQLite inside a local warehouse: ``sqlite:///<warehouse>/mlflow/mlflow.db`` (its folder made here), its
     artifacts in ``<warehouse>/mlflow/artifacts``. A store copied or moved with its warehouse still records the
     artifact locations of the original: they are re-pointed here first, so nothing is read from or written to it."""
+    database = warehouse_store(warehouse)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    repoint_artifacts(warehouse)
+    return f"sqlite:///{database}"
+
+
+def warehouse_store(warehouse: Warehouse) -> Path:
+    """Where a local warehouse keeps its default MLflow store (the SQLite database; artifacts beside it)."""
     if not warehouse.is_local:
         raise SurveyError(f"warehouse {warehouse.uri} is not a local folder, so it cannot hold MLflow's default SQLite "
                           "store; pass --mlflow-uri (e.g. http://127.0.0.1:5000 or sqlite:////path/mlflow.db)")
-    folder = Path(warehouse.root) / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    repoint_artifacts(folder / "mlflow.db", folder / "artifacts")
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    return Path(warehouse.root) / "mlflow" / "mlflow.db"
 
 
-def repoint_artifacts(database: Path, artifacts: Path) -> int:
-    """Point every experiment of the SQLite tracking store `database` whose artifact location lies outside
-    `artifacts` at `artifacts`, and its runs' artifact URIs with it, in one transaction; returns the experiments
-    re-pointed (0 for a store that is already in place, or not yet created)."""
+def repoint_artifacts(warehouse: Warehouse) -> int:
+    """Point every experiment of the warehouse's default tracking store whose artifact location lies outside its
+    ``mlflow/artifacts`` folder at that folder, and its runs' artifact URIs with it, in one transaction; returns the
+    experiments re-pointed (0 for a store that is already in place, or not created)."""
+    database = warehouse_store(warehouse)
+    artifacts = database.parent / "artifacts"
     if not database.exists():
         return 0
     target = artifacts.as_uri()
