@@ -11,6 +11,7 @@ builds them again from the demo config's recipe.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ class BuiltPrior:
     patches_png: bytes
 
 
-def build_prior(recipe: dict, size: int, device: torch.device, progress: object = None) -> BuiltPrior:
+def build_prior(recipe: dict, size: int, device: torch.device,
+                progress: Callable[[], object] | None = None) -> BuiltPrior:
     """Train a prior by `recipe` (the `prior:` config's training fields) at `size` px, then draw N_SAMPLES unguided
     samples to check it against its patches (the slope is ≈ −2 for natural images)."""
     patches = prior_patches(recipe["n_patches"], size, recipe["seed"], recipe["channels"])
@@ -65,16 +67,24 @@ def tile(images: np.ndarray, columns: int = 8) -> np.ndarray:
     return grid
 
 
-def ship(built: BuiltPrior, recipe: dict, size: int, folder: Path) -> None:
-    """Write `built` as a shipped prior in `folder` (see the module's docstring)."""
+def save_weights(trained: TrainedPrior, path: Path | str) -> None:
+    """The UNet's weights as a safetensors file."""
     from safetensors.torch import save_file
 
+    save_file({k: v.detach().cpu().contiguous() for k, v in trained.unet.state_dict().items()}, str(path))
+
+
+def unet_settings(trained: TrainedPrior) -> dict:
+    """The UNet's diffusers config, without diffusers' private keys (what `UNet2DModel.from_config` takes)."""
+    return {k: v for k, v in dict(trained.unet.config).items() if not k.startswith("_")}
+
+
+def ship(built: BuiltPrior, recipe: dict, size: int, folder: Path) -> None:
+    """Write `built` as a shipped prior in `folder` (see the module's docstring)."""
     folder.mkdir(parents=True, exist_ok=True)
     trained = built.trained
-    save_file({k: v.detach().cpu().contiguous() for k, v in trained.unet.state_dict().items()},
-              str(folder / "weights.safetensors"))
-    description = {"recipe": recipe, "size": size,
-                   "unet_config": {k: v for k, v in dict(trained.unet.config).items() if not k.startswith("_")},
+    save_weights(trained, folder / "weights.safetensors")
+    description = {"recipe": recipe, "size": size, "unet_config": unet_settings(trained),
                    "scheduler_config": trained.scheduler_config, "losses": trained.losses.tolist(),
                    "seconds": trained.seconds, "sample_slope": built.sample_slope, "patch_slope": built.patch_slope}
     (folder / "prior.json").write_text(json.dumps(description, indent=1, sort_keys=True, default=list))

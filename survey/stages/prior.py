@@ -10,14 +10,13 @@ import tempfile
 from functools import lru_cache
 
 import torch
-from safetensors.torch import save_file
 
 from survey.catalog import Warehouse
 from survey.errors import SurveyError
 from survey.hashing import content_key, file_hash
 from survey.mei.prior import DiffusionPrior, diffusers_prior, load_diffusers_prior, load_prior_callable
 from survey.mei.tracking import Tracker, default_tracking_uri
-from survey.priors import build_prior, shipped_prior
+from survey.priors import build_prior, save_weights, shipped_prior, unet_settings
 from survey.progress import step_bar
 from survey.sources.checkpoints import load_into
 from survey.stages import RunInfo, Stage, WorkUnit
@@ -59,12 +58,11 @@ class PriorStage(Stage):
                 with step_bar(settings.steps, "training the diffusion prior") as step:
                     built = build_prior(recipe, size, resolve_device(settings.device), step)
                 path = os.path.join(folder, "prior.safetensors")
-                save_file({k: v.detach().cpu().contiguous() for k, v in built.trained.unet.state_dict().items()},
-                          path)
+                save_weights(built.trained, path)
             digest = file_hash(path)
             weights_uri = warehouse.put_file(path, digest, ".safetensors")
         trained = built.trained
-        unet_config = {k: v for k, v in dict(trained.unet.config).items() if not k.startswith("_")}
+        unet_config = unet_settings(trained)
         row = {"prior_id": unit.key, "size": size, "channels": settings.channels,
                "recipe": json.dumps(recipe, sort_keys=True),
                "unet_config": json.dumps(unet_config, sort_keys=True, default=list),
