@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from survey.catalog import Warehouse, connect
-from survey.cli import one_stage_config
+from survey.cli.common import one_stage_config
 from survey.config import EggConfig
 from survey.mei.comparison import compare_methods
 from survey.runtime.survey import run_survey

@@ -224,13 +224,18 @@ class PriorConfig(_Strict):
     lr: float = Field(2e-3, gt=0)
     timesteps: int = Field(1000, ge=2)  # the linear β schedule's length
     seed: int = 0
+    # after training, unguided samples checked against the patches (their spectrum slope is stored, their grid
+    # logged); at fewer sampling steps a small prior's samples come out smoother
+    check_samples: int = Field(64, ge=1)
+    check_steps: int = Field(250, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mlflow_uri: str | None = None  # the training loss is logged here (None: sqlite:///<warehouse>/mlflow/mlflow.db)
     experiment: str = "neurosurvey-prior"
 
     def recipe(self) -> dict:
         """The fields a prior's weights depend on (its identity, with the image size)."""
-        return self.model_dump(mode="json", exclude={"stimuli", "device", "mlflow_uri", "experiment"})
+        return self.model_dump(mode="json", exclude={"stimuli", "check_samples", "check_steps", "device", "mlflow_uri",
+                                                     "experiment"})
 
 
 class EggConfig(_Strict):

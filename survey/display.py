@@ -59,12 +59,13 @@ def _column_widths(texts: list[list[str]], terminal: int) -> list[int]:
 
 def emit(data: pa.Table, output_format: OutputFormat, output: Path | None = None, title: str | None = None) -> None:
     """`data` in `output_format`, to the file `output` or to standard output (Parquet: a file only)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
     if output_format is OutputFormat.parquet:
+        import pyarrow.parquet as pq
+
         pq.write_table(data, output)
     elif output_format is OutputFormat.csv:
+        import pyarrow.csv as pacsv
+
         pacsv.write_csv(nested_as_json(data), output or sys.stdout.buffer)
     elif output_format is OutputFormat.json:
         text = json.dumps(data.to_pylist(), default=str, indent=1)

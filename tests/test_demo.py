@@ -16,6 +16,7 @@ from .conftest import survey_cli
 
 
 @pytest.mark.slow
+@pytest.mark.ray  # the demo runs on a local Ray cluster
 @pytest.mark.timeout(1200)
 def test_demo_fills_every_table_with_complete_results(tmp_path):
     result = survey_cli("demo", "--small", "-w", str(tmp_path / "wh"), timeout=1000)

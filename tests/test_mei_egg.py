@@ -1,16 +1,18 @@
 """EGG (survey.mei.egg) and its diffusion prior (survey.mei.prior): the guidance gradient against finite differences,
-unguided sampling against diffusers' own DDPM sampler, a trained prior's power spectrum against its patches', a
-reconstruction against noise, and priors that cannot load."""
+unguided sampling against diffusers' own DDPM sampler, training, the shipped prior's power spectrum against that of
+natural patches, a reconstruction against noise, and priors that cannot load."""
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from survey.config import DEMO_CONFIG, load_config
 from survey.errors import SurveyError
 from survey.mei.comparison import paired_comparison
 from survey.mei.egg import Adapter, NonFiniteEnergyError, energy_guided_diffusion, guidance, sampling_steps
 from survey.mei.prior import (
+    TrainedPrior,
     diffusers_prior,
     load_diffusers_prior,
     prior_patches,
@@ -19,6 +21,7 @@ from survey.mei.prior import (
     train_prior,
     unet_config,
 )
+from survey.priors import shipped_prior
 
 LIMITS = {"none": {"clip_sample": False}, "clip": {"clip_sample": True},
           "dynamic": {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.0}}
@@ -84,38 +87,49 @@ def test_guidance_lowers_the_energy_and_scale_zero_leaves_the_statistics_of_plai
 
 
 @pytest.fixture(scope="module")
-def trained():
-    patches = prior_patches(20_000, 16, seed=0)
-    return patches, train_prior(patches, steps=1500, seed=0)
+def shipped() -> TrainedPrior:
+    """The prior the package ships: what the `prior` stage trains by the demo's recipe (RGB, 32 px)."""
+    settings = load_config(DEMO_CONFIG).prior
+    found = shipped_prior(settings.recipe(), 32)
+    assert found is not None, "the package ships the demo recipe's prior (python -m survey.priors builds it)"
+    return found[0].trained
 
 
-def test_a_trained_prior_makes_images_with_the_power_spectrum_of_its_patches(trained):
-    patches, prior = trained
-    samples = energy_guided_diffusion(lambda x: x.new_zeros(len(x)), prior.prior(), 128, adapt=lambda x: x,
+def test_training_lowers_the_denoising_loss_and_is_seeded():
+    patches = prior_patches(200, 8, seed=0)
+    runs = [train_prior(patches, widths=(8, 16), steps=60, seed=seed) for seed in (0, 0, 1)]
+    losses = runs[0].losses
+    assert losses.shape == (60,) and losses[-10:].mean() < 0.5 * losses[:10].mean()
+    np.testing.assert_array_equal(runs[0].losses, runs[1].losses)
+    assert not np.array_equal(runs[0].losses, runs[2].losses)
+
+
+def test_the_shipped_prior_makes_images_with_the_power_spectrum_of_natural_patches(shipped):
+    samples = energy_guided_diffusion(lambda x: x.new_zeros(len(x)), shipped.prior(), 64, adapt=lambda x: x,
                                       steps=250, energy_scale=0.0, generator=torch.Generator().manual_seed(0)).images
-    noise = np.random.default_rng(0).standard_normal((128, 16, 16))
-    slopes = {"patches": radial_power_slope(patches[::8, 0]), "samples": radial_power_slope(samples[:, 0].numpy()),
-              "white noise": radial_power_slope(noise)}
+    patches = prior_patches(2048, 32, seed=1, channels=3)  # other patches than it was trained on
+    noise = np.random.default_rng(0).standard_normal((64, 32, 32))
+    slopes = {"patches": radial_power_slope(patches.mean(axis=1)), "noise": radial_power_slope(noise),
+              "samples": radial_power_slope(samples.mean(dim=1).numpy())}  # of the luminance (channel mean)
     print("radial power spectrum slopes:", {k: round(v, 2) for k, v in slopes.items()})
     assert abs(slopes["samples"] - slopes["patches"]) <= 0.3
-    assert abs(slopes["white noise"]) < 0.3 and slopes["patches"] < -1.5
-    assert prior.losses[-100:].mean() < 0.5 * prior.losses[:100].mean()
+    assert abs(slopes["noise"]) < 0.3 and slopes["patches"] < -1.5
+    assert shipped.losses[-100:].mean() < 0.5 * shipped.losses[:100].mean()
 
 
-def test_egg_reconstructs_a_held_out_image_from_its_responses_better_than_noise(trained):
-    _, prior = trained
+def test_egg_reconstructs_a_held_out_image_from_its_responses_better_than_noise(shipped):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.Flatten())  # a random V1
-    image = torch.from_numpy(prior_patches(40, 16, seed=99)[-1:])  # a patch the prior never saw
-    adapt = Adapter((1, 16, 16), norm=float(image.norm()))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Flatten())  # a random V1
+    image = torch.from_numpy(prior_patches(40, 32, seed=99, channels=3)[-1:])  # a patch the prior never saw
+    adapt = Adapter((3, 32, 32), norm=float(image.norm()))
     target = model(adapt(image)).detach()
 
     def energy(images):
         return ((model(images) - target) ** 2).mean(dim=1)
 
-    result = energy_guided_diffusion(energy, prior.prior(), 4, adapt=adapt, steps=100, energy_scale=1.0,
+    result = energy_guided_diffusion(energy, shipped.prior(), 4, adapt=adapt, steps=100, energy_scale=1.0,
                                      generator=torch.Generator().manual_seed(0))
-    noise = torch.randn((200, 1, 16, 16), generator=torch.Generator().manual_seed(1))
+    noise = torch.randn((200, 3, 32, 32), generator=torch.Generator().manual_seed(1))
 
     def correlation(images):
         centred = images.flatten(1) - images.flatten(1).mean(1, keepdim=True)
@@ -128,13 +142,12 @@ def test_egg_reconstructs_a_held_out_image_from_its_responses_better_than_noise(
     assert float(egg.min()) > float(baseline.mean() + 3 * baseline.std())
 
 
-def test_a_saved_prior_loads_offline_and_a_folder_missing_files_is_named(trained, tmp_path):
-    _, prior = trained
-    save_prior(prior.unet, prior.scheduler_config, tmp_path / "prior")
+def test_a_saved_prior_loads_offline_and_a_folder_missing_files_is_named(shipped, tmp_path):
+    save_prior(shipped.unet, shipped.scheduler_config, tmp_path / "prior")
     loaded = load_diffusers_prior(tmp_path / "prior")
-    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 500])
-    torch.testing.assert_close(loaded.denoiser(x, t), prior.prior().denoiser(x, t))
-    torch.testing.assert_close(loaded.alphas_cumprod, prior.prior().alphas_cumprod)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
+    torch.testing.assert_close(loaded.denoiser(x, t), shipped.prior().denoiser(x, t))
+    torch.testing.assert_close(loaded.alphas_cumprod, shipped.prior().alphas_cumprod)
     (tmp_path / "prior" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(SurveyError, match=r"lacks unet/diffusion_pytorch_model\.safetensors") as error:
         load_diffusers_prior(tmp_path / "prior")

@@ -33,7 +33,8 @@ def mei_dict(targets: list[dict], steps: int = 150, methods: tuple[str, ...] = (
     config = copy.deepcopy(TINY)
     config["zoo"]["replicas"] = {"architectures": 1, "objectives": ["supervised"], "seeds": 1}
     config["predictivity"] = {"stimuli": ["natural"]}
-    config["prior"] = {"stimuli": "natural", "steps": 60, "n_patches": 500, "widths": [8, 16]}  # mechanics only
+    config["prior"] = {"stimuli": "natural", "steps": 60, "n_patches": 500, "widths": [8, 16],  # mechanics only
+                       "check_samples": 8, "check_steps": 20}
     config["mei"] = {"stimuli": "natural", "targets": targets, "seeds": [0, 1], "steps": steps,
                      "methods": list(methods), "egg": {"steps": 10}}
     return config
@@ -271,7 +272,7 @@ def test_a_prior_folder_missing_files_is_refused_before_anything_is_written(ware
 def test_survey_prior_train_writes_a_diffusers_folder_that_egg_samples_from(warehouse, tmp_path):
     folder = tmp_path / "prior"
     result = survey_cli("prior", "train", "-w", str(warehouse.root), "--steps", "20", "--n-patches", "200",
-                        "--out", str(folder), "--executor", "local")
+                        "--check-samples", "4", "--check-steps", "10", "--out", str(folder), "--executor", "local")
     assert result.returncode == 0, result.stderr
     assert "diffusion priors" in result.stdout and f"Written to {folder}" in result.stdout
     trained = next(row for row in warehouse.rows("priors") if json.loads(row["recipe"])["steps"] == 20)

@@ -38,7 +38,8 @@ window.addEventListener('load', () => {
 def tiny_with_meis() -> dict:
     config = copy.deepcopy(TINY)
     config["zoo"]["replicas"] = {"architectures": 1, "objectives": ["supervised"], "seeds": 1}
-    config["prior"] = {"stimuli": "natural", "steps": 40, "n_patches": 300, "widths": [8, 16]}  # mechanics only
+    config["prior"] = {"stimuli": "natural", "steps": 40, "n_patches": 300, "widths": [8, 16],  # mechanics only
+                       "check_samples": 8, "check_steps": 20}
     config["mei"] = {"stimuli": "natural", "seeds": [0], "steps": 40, "methods": ["ga", "egg"], "egg": {"steps": 8},
                      "targets_sql": "SELECT name AS network, layers[len(layers) - 1] AS layer, unnest(range(2)) "
                                     "AS unit, NULL AS session, NULL AS area FROM networks "

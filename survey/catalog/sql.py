@@ -1,12 +1,12 @@
 """DuckDB over the catalogs: an in-memory connection with a view per table, each a Delta table's current snapshot.
 
-DuckDB's own delta extension cannot be installed offline, so each table is handed to DuckDB as the Arrow dataset of
-its snapshot (`Warehouse.dataset`, with the declared schema): projections and filters are pushed down to the Parquet
-files, and a view reads the same snapshot for the life of the connection.
+DuckDB's own delta extension cannot be installed offline. In a local warehouse a view reads the Parquet files of
+its table's snapshot with DuckDB's own reader (projections and filters pushed down, nothing else imported); in an
+object store, the snapshot's Arrow dataset. Either way a view reads one snapshot for the life of the connection.
 
-The connection is read-only by construction: DuckDB itself may touch no file (`enable_external_access` off, then the
-configuration locked), Python variables are not tables, and a user's SQL must parse, by DuckDB's own parser, as one
-statement of a reading kind.
+The connection is read-only by construction: DuckDB may read those snapshot files and no other file, and write none
+(`enable_external_access` off, then the configuration locked), Python variables are not tables, and a user's SQL
+must parse, by DuckDB's own parser, as one statement of a reading kind.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import duckdb
 import pyarrow as pa
 
-from survey.catalog.schemas import TABLES
+from survey.catalog.schemas import PARTITIONS, TABLES
 from survey.catalog.warehouse import Warehouse
 from survey.errors import SurveyError, one_line
 
@@ -71,14 +71,49 @@ def _parsed_without_where(query: str) -> dict | None:
 
 
 def connect(warehouse: Warehouse, tables: Iterable[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view of each of `tables` (default: every catalog table) and no access
-    to any file. A table nothing has been committed to yet is an empty view with its columns."""
-    connection = duckdb.connect(":memory:", config={"enable_external_access": False,
-                                                    "python_enable_replacements": False})
-    for table in TABLES if tables is None else tables:
-        connection.register(table, warehouse.dataset(table))
+    """An in-memory DuckDB connection with a view of each of `tables` (default: every catalog table), reading the
+    files of their current snapshots and no other. A table nothing has been committed to yet is an empty view with
+    its columns."""
+    chosen = list(TABLES if tables is None else tables)
+    connection = duckdb.connect(":memory:", config={"python_enable_replacements": False})
+    if warehouse.is_local:
+        files = {table: warehouse.snapshot_files(table) or [] for table in chosen}
+        connection.execute("SET allowed_paths = ?", [[path for paths in files.values() for path in paths]])
+    connection.execute("SET enable_external_access = false")
+    for table in chosen:
+        if warehouse.is_local:
+            connection.execute(f"CREATE VIEW {table} AS {snapshot_select(table, files[table])}")
+        else:
+            connection.register(table, warehouse.dataset(table))
     connection.execute("SET lock_configuration = true")
     return connection
+
+
+def snapshot_select(table: str, files: list[str]) -> str:
+    """A SELECT of `table`'s declared columns, in order, from its snapshot's Parquet `files` (partition values from
+    their ``<column>=<value>/`` folders; a column missing from older files is NULL there); none: no rows."""
+    schema = TABLES[table]
+    if not files:
+        return "SELECT " + ", ".join(f'CAST(NULL AS {duckdb_type(field.type)}) AS "{field.name}"'
+                                     for field in schema) + " WHERE false"
+    columns = ", ".join(f'"{name}"' for name in schema.names)
+    paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files)
+    options = "union_by_name = true"
+    if partitions := PARTITIONS.get(table):
+        types = ", ".join(f"'{name}': {duckdb_type(schema.field(name).type)}" for name in partitions)
+        options += f", hive_partitioning = true, hive_types = {{{types}}}"
+    return f"SELECT {columns} FROM read_parquet([{paths}], {options})"
+
+
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.float32(): "FLOAT", pa.int32(): "INTEGER",
+                 pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN", pa.timestamp("ms", tz="UTC"): "TIMESTAMPTZ"}
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    """The DuckDB type DuckDB reads a Parquet column of `arrow_type` as (the catalog schemas' types)."""
+    if pa.types.is_list(arrow_type):
+        return duckdb_type(arrow_type.value_type) + "[]"
+    return _DUCKDB_TYPES[arrow_type]
 
 
 def query_catalog(warehouse: Warehouse, query: str) -> pa.Table:

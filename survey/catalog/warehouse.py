@@ -22,20 +22,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from survey.catalog.schemas import PARTITIONS, PATH_COLUMNS, TABLES
 from survey.errors import SurveyError, one_line
 from survey.hashing import array_hash
+
+if TYPE_CHECKING:  # imported where used: `survey sql` over a local warehouse needs it not
+    import pyarrow.dataset as pads
 
 _COPY_CHUNK = 1 << 22
 _OLD_PART = re.compile(r"^part-([^.]+)\.parquet$")  # pre-Delta layout: part-<unit key>.parquet
@@ -165,8 +166,16 @@ class Warehouse:
         opened[(uri, self._query)] = snapshot
         return snapshot
 
+    def snapshot_files(self, table: str) -> list[str] | None:
+        """The local paths of the Parquet files of `table`'s current snapshot (a partition column's value is in the
+        path, ``<column>=<value>/``); None before its first commit. Local warehouses only."""
+        snapshot = self.delta(table)
+        return None if snapshot is None else snapshot.file_uris()
+
     def dataset(self, table: str) -> pads.Dataset:
         """`table`'s current snapshot as an Arrow dataset with the declared schema (empty before any commit)."""
+        import pyarrow.dataset as pads
+
         snapshot = self.delta(table)
         if snapshot is None:
             return pads.dataset(TABLES[table].empty_table())
@@ -187,6 +196,8 @@ class Warehouse:
     def done_keys(self, table: str) -> set[str]:
         """Keys of the units committed to `table`. Files holding one unit name it in their log statistics; only
         compacted files (many units) are read, and then only their `unit_key` column."""
+        import pyarrow.compute as pc
+
         snapshot = self.delta(table)
         if snapshot is None:
             return set()
@@ -240,6 +251,8 @@ class Warehouse:
     def mergeable_files(self, table: str, small_bytes: int) -> int:
         """How many of `table`'s data files smaller than `small_bytes` compaction would fold away: in each
         partition, all its small files but one."""
+        import pyarrow.compute as pc
+
         snapshot = self.delta(table)
         if snapshot is None:
             return 0
@@ -290,6 +303,8 @@ class Warehouse:
         if table in DERIVED:
             self.fs.delete_dir(folder)
             return 0
+        import pyarrow.parquet as pq
+
         pieces = []
         for info, key in parts:
             data = pq.read_table(info.path, filesystem=self.fs)

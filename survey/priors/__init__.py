@@ -23,8 +23,6 @@ from survey.mei.prior import TrainedPrior, prior_patches, radial_power_slope, tr
 from survey.mei.tracking import png_bytes
 
 FOLDER = Path(__file__).resolve().parent
-N_SAMPLES = 64  # prior samples drawn after training: their spectrum slope is stored, their grid logged
-SAMPLE_STEPS = 250  # … with this many respaced steps (at 100, a small prior's samples come out smoother)
 
 
 @dataclass(frozen=True)
@@ -39,21 +37,22 @@ class BuiltPrior:
     patches_png: bytes
 
 
-def build_prior(recipe: dict, size: int, device: torch.device,
+def build_prior(recipe: dict, size: int, device: torch.device, check_samples: int, check_steps: int,
                 progress: Callable[[], object] | None = None) -> BuiltPrior:
-    """Train a prior by `recipe` (the `prior:` config's training fields) at `size` px, then draw N_SAMPLES unguided
-    samples to check it against its patches (the slope is ≈ −2 for natural images)."""
+    """Train a prior by `recipe` (the `prior:` config's training fields) at `size` px, then draw `check_samples`
+    unguided samples in `check_steps` respaced steps to check it against its patches (the radial power-spectrum
+    slope is ≈ −2 for natural images)."""
     patches = prior_patches(recipe["n_patches"], size, recipe["seed"], recipe["channels"])
     trained = train_prior(patches, widths=recipe["widths"], steps=recipe["steps"], batch_size=recipe["batch_size"],
                           lr=recipe["lr"], timesteps=recipe["timesteps"], seed=recipe["seed"], device=device,
                           progress=progress)
-    samples = energy_guided_diffusion(lambda images: images.new_zeros(len(images)), trained.prior(), N_SAMPLES,
-                                      adapt=lambda images: images, energy_scale=0.0, steps=SAMPLE_STEPS,
+    samples = energy_guided_diffusion(lambda images: images.new_zeros(len(images)), trained.prior(), check_samples,
+                                      adapt=lambda images: images, energy_scale=0.0, steps=check_steps,
                                       generator=torch.Generator(device).manual_seed(recipe["seed"]),
                                       device=device).images.cpu().numpy()
     return BuiltPrior(trained, radial_power_slope(samples.mean(axis=1)),  # of the luminance (channel mean)
                       radial_power_slope(patches[::max(1, len(patches) // 1024)].mean(axis=1)),
-                      png_bytes(tile(samples)), png_bytes(tile(patches[:N_SAMPLES])))
+                      png_bytes(tile(samples)), png_bytes(tile(patches[:check_samples])))
 
 
 def tile(images: np.ndarray, columns: int = 8) -> np.ndarray:

@@ -17,7 +17,8 @@ def main() -> None:
     recipe = settings.recipe()
     torch.set_num_threads(config.executor.threads_per_worker)
     with step_bar(recipe["steps"], "training the diffusion prior") as progress:
-        built = build_prior(recipe, size, torch.device("cpu"), progress)
+        built = build_prior(recipe, size, torch.device("cpu"), settings.check_samples, settings.check_steps,
+                            progress)
     folder = FOLDER / f"{settings.stimuli}-{'rgb' if settings.channels == 3 else 'grey'}-{size}"
     ship(built, recipe, size, folder)
     print(f"{folder}: final loss {built.trained.losses[-100:].mean():.4f}, sample slope {built.sample_slope:.2f}, "

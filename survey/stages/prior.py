@@ -56,7 +56,8 @@ class PriorStage(Stage):
                 built, path = shipped
             else:
                 with step_bar(settings.steps, "training the diffusion prior") as step:
-                    built = build_prior(recipe, size, resolve_device(settings.device), step)
+                    built = build_prior(recipe, size, resolve_device(settings.device), settings.check_samples,
+                                        settings.check_steps, step)
                 path = os.path.join(folder, "prior.safetensors")
                 save_weights(built.trained, path)
             digest = file_hash(path)
