@@ -6,10 +6,13 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:  # imported where used: `survey --help` needs it not
+    import pyarrow as pa
 
 console = Console()
 
@@ -76,12 +79,16 @@ def emit(data: pa.Table, output_format: OutputFormat, output: Path | None = None
 
 def rows_table(columns: list[str], rows: list[dict]) -> pa.Table:
     """`rows` (dicts holding at least `columns`) as an Arrow table of those columns, in that order."""
+    import pyarrow as pa
+
     return pa.Table.from_pylist([{column: row[column] for column in columns} for row in rows]) if rows else (
         pa.table({column: pa.array([], pa.string()) for column in columns}))
 
 
 def nested_as_json(data: pa.Table) -> pa.Table:
     """`data` with every list, struct and map column as JSON text (one cell each), for CSV."""
+    import pyarrow as pa
+
     for index, field in enumerate(data.schema):
         if pa.types.is_nested(field.type):
             text = pa.array([None if value is None else json.dumps(value, default=str)

@@ -286,9 +286,7 @@ def test_unit_user_error_commits_nothing_and_resumes(cluster, reference, tmp_pat
 def test_job_driver_killed_then_resubmitted(ray_token, reference, tmp_path):
     """SIGKILL the survey's driver under `ray job submit` mid-stage; submitting the job again resumes, and the
     catalog equals an uninterrupted run's."""
-    import subprocess
-
-    from .test_ray import job_head, job_path
+    from .test_ray import job_head, job_path, ray_job_submit
 
     env = {**os.environ, "PATH": job_path()}
     with job_head(tmp_path, env) as (ray, address, work):
@@ -309,10 +307,13 @@ def test_job_driver_killed_then_resubmitted(ray_token, reference, tmp_path):
             os.kill(drivers[0], signal.SIGKILL)
 
         check = _when_committed(warehouse, FAULT_STAGE, kill_driver, reference)
-        first = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=work)
-        check()
+        first = ray_job_submit(submit, env, work)
+        try:
+            check()
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}; the job said: {first.stdout[-2000:]}{first.stderr[-2000:]}") from None
         assert first.returncode != 0, "the killed job should fail"
         assert 0 < len(warehouse.done_keys(FAULT_STAGE)) < 20
-        second = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=work)
+        second = ray_job_submit(submit, env, work)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         _assert_same_catalog(warehouse, reference)

@@ -83,6 +83,17 @@ def job_head(tmp_path: Path, env: dict, ray_path: str | None = None) -> Iterator
             head.wait()
 
 
+def ray_job_submit(command: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """`ray job submit …`, submitted again while the head's job agent is not up yet (a head just started; `survey
+    submit` waits the same way)."""
+    deadline = time.monotonic() + 180
+    while True:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+        if "No available agent" not in result.stdout + result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(2)
+
+
 def job_path() -> str:
     """PATH with this interpreter's folder first: the job's `python` and the `ray` command."""
     return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
@@ -100,7 +111,7 @@ def test_ray_job_submit_to_our_own_head(tmp_path):
                        "--address", address, "-w", str(tmp_path / "survey"), "--working-dir", str(work)],
         }
         for name, command in submissions.items():
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=work)
+            result = ray_job_submit(command, env, work)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
             warehouse = tmp_path / name
             sql = survey_cli("sql", "SELECT source_kind, count(*) AS n FROM representations GROUP BY 1 ORDER BY 1",

@@ -2,8 +2,10 @@
 
 A space (built by the `spaces` stage) embeds one stimulus set's representations under one metric configuration by
 landmark MDS, so an uploaded representation needs distances to the L landmarks only, and indexes the vectors in FAISS.
-Search = a FAISS shortlist of k' > k, then an exact rerank: the metric's distance from the query to each candidate,
-computed from their arrays (prepared once per process), which reads nothing but the candidates.
+Search = a FAISS shortlist of k' > k, then an exact rerank: the metric's distance from the query to each candidate.
+For a stored representation the survey has most of those distances already (all pairs, or the landmark rows): they
+are read from `shape_distances` (one lookup per space, reloaded when the table changes), and only the missing ones
+are computed, batched, from the candidates' prepared arrays. An uploaded array has no stored distances.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from survey.catalog import Warehouse, connect
+from survey.catalog.distances import StoredPairs
 from survey.config import DistanceMetric
 from survey.embedding import LandmarkMDS
 from survey.errors import SurveyError
 from survey.metric_inputs import REP_COLUMNS, load_prepared, metric_input
 from survey.metrics.shape import INPUT_LAYOUT, INPUT_NDIM, Prepared, ShapeMetric, check_representation
 from survey.search.index import VectorIndex
+from survey.validation import resolve_device
 
 SHORTLIST = 100  # FAISS candidates reranked per query (at least 10 k): a family of related representations
 # larger than the shortlist is ordered poorly by the embedding alone (benchmarks/search_recall.py)
@@ -67,10 +72,22 @@ class Space:
         self.embedder = LandmarkMDS.from_state({key: stored[key] for key in stored.files})
         self.index = VectorIndex.from_bytes(warehouse.read_bytes(f"{row['uri']}/index.faiss"))
         self.metric = space_metric(row)
+        self._stored: StoredPairs | None = None
+        self._lock = threading.Lock()
+
+    def stored_pairs(self, version: int) -> StoredPairs:
+        """The stored distances among this space's representations, reloaded when `shape_distances` is at another
+        `version` than when they were read."""
+        with self._lock:
+            if self._stored is None or self._stored.version != version:
+                self._stored = StoredPairs(self.warehouse, self.metric, self.row["stimset_id"], self.rep_ids)
+            return self._stored
 
     @cached_property
     def engine(self) -> ShapeMetric:
-        return ShapeMetric(self.metric.metric, self.metric.alpha, self.metric.score, self.metric.center, "cpu")
+        """The space's metric on the service's device (CUDA when there is one)."""
+        return ShapeMetric(self.metric.metric, self.metric.alpha, self.metric.score, self.metric.center,
+                           resolve_device(None))
 
     def embed(self, distances_to_landmarks: np.ndarray) -> np.ndarray:
         return self.embedder.transform(distances_to_landmarks.reshape(1, -1))[0].astype(np.float32)
@@ -122,6 +139,7 @@ class SearchService:
         self._lock = threading.Lock()
         self._state: CatalogState | None = None
         self._checked = 0.0
+        self._distances: tuple[float, int] | None = None  # (when checked, shape_distances version)
 
     # ---- catalog -------------------------------------------------------------------------------------
 
@@ -135,6 +153,14 @@ class SearchService:
                     self._state = self._load(versions)
                 self._checked = time.monotonic()
             return self._state
+
+    def _distances_version(self) -> int:
+        """The version of `shape_distances`, checked at most every CATALOG_CHECK_S seconds."""
+        with self._lock:
+            now = time.monotonic()
+            if self._distances is None or now - self._distances[0] > self.CATALOG_CHECK_S:
+                self._distances = (now, self._version("shape_distances"))
+            return self._distances[1]
 
     def _version(self, table: str) -> int:
         snapshot = self.warehouse.delta(table)
@@ -209,10 +235,10 @@ class SearchService:
         if rep_id not in space.item:
             raise NotFoundError(f"representation {rep_id!r} is not in space {space.row['space_id']!r} "
                                 f"({space.row['name']}); pick a space of its stimulus set")
-        vector = space.index.reconstruct(space.item[rep_id])
-        candidates = space.shortlist(vector, _width(k, rerank, shortlist), keep, exclude=rep_id)
+        item = space.item[rep_id]
+        candidates = space.shortlist(space.index.reconstruct(item), _width(k, rerank, shortlist), keep, exclude=rep_id)
         if rerank:
-            candidates = self._rerank(space, self._prepared(space, [rep_id])[0], candidates)
+            candidates = self._rerank(space, lambda: self._prepared(space, [rep_id])[0], candidates, item)
         return self._finish(candidates, k)
 
     def search(
@@ -234,12 +260,21 @@ class SearchService:
         vector = space.embed(to_landmarks)
         candidates = space.shortlist(vector, _width(k, rerank, shortlist), keep, exclude=None)
         if rerank:
-            candidates = self._rerank(space, query, candidates)
+            candidates = self._rerank(space, lambda: query, candidates)
         return self._finish(candidates, k)
 
-    def _rerank(self, space: Space, query: Prepared, candidates: list[Neighbor]) -> list[Neighbor]:
-        """The candidates with their exact distances to the query (the metric on their arrays, batched)."""
-        exact = space.engine.distances([query], self._prepared(space, [c.rep_id for c in candidates]))
+    def _rerank(self, space: Space, query: Callable[[], Prepared], candidates: list[Neighbor],
+                item: int | None = None) -> list[Neighbor]:
+        """The candidates with their exact distances to the query: stored ones where the query is the space's
+        `item` and the survey has the pair, the rest computed by the metric on their arrays (batched)."""
+        exact = np.full(len(candidates), np.nan)
+        if item is not None:
+            stored = space.stored_pairs(self._distances_version())
+            exact = stored.lookup(item, np.array([space.item[c.rep_id] for c in candidates], dtype=np.int64))
+        missing = np.flatnonzero(np.isnan(exact))
+        if missing.size:
+            prepared = self._prepared(space, [candidates[i].rep_id for i in missing])
+            exact[missing] = space.engine.distances([query()], prepared)
         return [Neighbor(c.rep_id, float(d), exact=True) for c, d in zip(candidates, exact, strict=True)]
 
     def _finish(self, candidates: list[Neighbor], k: int) -> list[Neighbor]:

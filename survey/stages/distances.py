@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from survey.catalog import Warehouse
+from survey.catalog.distances import landmark_sequence, metric_filter
 from survey.config import DistanceMetric
 from survey.errors import SurveyError
 from survey.hashing import canonical_json, content_key
@@ -35,13 +36,6 @@ class Block:
 
     block_id: str
     rep_ids: tuple[str, ...]
-
-
-def metric_filter(metric: DistanceMetric, stimset_id: str) -> pc.Expression:
-    """Rows of `shape_distances` (or `distance_landmarks`) for one metric configuration on one stimulus set."""
-    return ((pc.field("stimset_id") == stimset_id) & (pc.field("metric") == metric.metric)
-            & (pc.field("alpha") == metric.alpha) & (pc.field("score_method") == metric.score)
-            & (pc.field("center") == metric.center))
 
 
 def stable_blocks(warehouse: Warehouse, stimset_id: str, rep_ids: list[str], size: int, info: RunInfo) -> list[Block]:
@@ -217,13 +211,6 @@ class DistancesStage(Stage):
                 "distance": float(value), **info.provenance(),
             })
         return {self.table: warehouse.append_unit(self.table, unit.key, out)}
-
-
-def landmark_sequence(warehouse: Warehouse, metric: DistanceMetric, stimset_id: str) -> list[str]:
-    """The frozen landmarks of one metric configuration on one stimulus set, in the order they were picked."""
-    rows = warehouse.dataset("distance_landmarks").to_table(columns=["round", "rep_id"],
-                                                            filter=metric_filter(metric, stimset_id)).to_pylist()
-    return [row["rep_id"] for row in sorted(rows, key=lambda row: row["round"])]
 
 
 def units_done(warehouse: Warehouse, table: str, units: list[WorkUnit]) -> bool:

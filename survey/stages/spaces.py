@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from survey.catalog import Warehouse
+from survey.catalog.distances import landmark_sequence, metric_filter
 from survey.config import SpaceSpec
 from survey.embedding import LandmarkMDS, maxmin_landmarks, pair_stress
 from survey.errors import SurveyError
@@ -25,7 +26,6 @@ from survey.hashing import content_key
 from survey.metric_inputs import REP_COLUMNS, eligible
 from survey.search.index import VectorIndex
 from survey.stages import RunInfo, Stage, WorkUnit
-from survey.stages.distances import landmark_sequence, metric_filter
 from survey.stages.stimuli import catalog_stimulus_sets
 
 SPACE_VERSION = 2
