@@ -61,10 +61,13 @@ def job_head(tmp_path: Path, env: dict, ray_path: str | None = None) -> Iterator
     the `ray` command (found on `ray_path`, default the head's PATH), the dashboard address and that directory."""
     ray = shutil.which("ray", path=ray_path or env["PATH"])
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # the agents' ports too: their fixed defaults may still be held by the previous test's head as it exits
+    agents = [f"--{option}={_free_port()}" for option in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                          "runtime-env-agent-port", "metrics-export-port")]
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
-         "--disable-usage-stats", "--include-dashboard=true"],
+         "--disable-usage-stats", "--include-dashboard=true", *agents],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
