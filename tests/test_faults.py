@@ -314,6 +314,24 @@ def test_job_driver_killed_then_resubmitted(ray_token, reference, tmp_path):
             raise AssertionError(f"{failure}; the job said: {first.stdout[-2000:]}{first.stderr[-2000:]}") from None
         assert first.returncode != 0, "the killed job should fail"
         assert 0 < len(warehouse.done_keys(FAULT_STAGE)) < 20
+        _wait_until_idle(address)
         second = ray_job_submit(submit, env, work)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         _assert_same_catalog(warehouse, reference)
+
+
+def _wait_until_idle(address: str, timeout: float = 180) -> None:
+    """Until the cluster at `address` runs no job and no StageWorker is alive: the killed driver's actors are reaped
+    asynchronously, and a job resubmitted before would wait for their CPUs."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
+
+    client, deadline = JobSubmissionClient(address), time.monotonic() + timeout
+    while True:
+        busy = [job.submission_id for job in client.list_jobs() if job.status in (JobStatus.PENDING,
+                                                                                  JobStatus.RUNNING)]
+        alive = list_actors(address=address, filters=[("state", "=", "ALIVE"), ("class_name", "=", "StageWorker")])
+        if not busy and not alive:
+            return
+        assert time.monotonic() < deadline, f"the cluster is still busy: jobs {busy}, {len(alive)} actors alive"
+        time.sleep(1)

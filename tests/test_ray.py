@@ -91,7 +91,7 @@ def ray_job_submit(command: list[str], env: dict, cwd: Path) -> subprocess.Compl
     submit` waits the same way)."""
     deadline = time.monotonic() + 180
     while True:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
         if "No available agent" not in result.stdout + result.stderr or time.monotonic() > deadline:
             return result
         time.sleep(2)
