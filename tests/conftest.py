@@ -20,15 +20,6 @@ import pytest
 from survey.catalog import Warehouse
 from survey.config import SurveyConfig, parse_config
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start a Ray cluster run one after another on one xdist worker (`make test` runs `-n 2 --dist
-    loadgroup`): two clusters at once would contend for the job agent's and the dashboard's fixed ports."""
-    for item in items:
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
-
 TINY = {
     "name": "tiny",
     "executor": {"kind": "local"},

@@ -37,10 +37,13 @@ def test_ray_executor_equals_local_executor(tiny_surveyed, tmp_path):
     assert connect(on_ray).execute("SELECT DISTINCT executor FROM runs").fetchall() == [("ray",)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports (held together while picked)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120) -> None:
@@ -55,15 +58,18 @@ def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120)
 
 
 @contextlib.contextmanager
-def job_head(tmp_path: Path, env: dict, ray_path: str | None = None) -> Iterator[tuple[str, str, Path]]:
+def job_head(tmp_path: Path, env: dict, ray_path: str | None = None,
+             without: tuple[str, ...] = ()) -> Iterator[tuple[str, str, Path]]:
     """Our own Ray head on 127.0.0.1 (stopped by its process group, never `ray stop`, which would stop every cluster
-    on the machine) and a job working directory holding jobs/ and survey.yaml (TINY on 2 single-CPU actors): yields
+    on the machine) and a job working directory holding jobs/ and survey.yaml (TINY less the sections `without`, on 2
+    single-CPU actors): yields
     the `ray` command (found on `ray_path`, default the head's PATH), the dashboard address and that directory."""
     ray = shutil.which("ray", path=ray_path or env["PATH"])
-    gcs_port, dashboard_port = _free_port(), _free_port()
     # the agents' ports too: their fixed defaults may still be held by the previous test's head as it exits
-    agents = [f"--{option}={_free_port()}" for option in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                          "runtime-env-agent-port", "metrics-export-port")]
+    gcs_port, dashboard_port, *agent_ports = _free_ports(6)
+    agents = [f"--{option}={port}" for option, port in zip(
+        ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"),
+        agent_ports, strict=True)]
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
@@ -74,7 +80,8 @@ def job_head(tmp_path: Path, env: dict, ray_path: str | None = None) -> Iterator
         _wait_for_dashboard(dashboard_port, head)
         work = tmp_path / "work"
         shutil.copytree(REPO / "jobs", work / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
-        config = {**TINY, "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}}
+        config = {**{key: value for key, value in TINY.items() if key not in without},
+                  "executor": {"kind": "ray", "num_workers": 2, "num_cpus_per_worker": 1}}
         (work / "survey.yaml").write_text(yaml.safe_dump(config))
         yield ray, f"http://127.0.0.1:{dashboard_port}", work
     finally:
@@ -91,7 +98,16 @@ def ray_job_submit(command: list[str], env: dict, cwd: Path) -> subprocess.Compl
     submit` waits the same way)."""
     deadline = time.monotonic() + 180
     while True:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+        try:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+        except subprocess.TimeoutExpired as timeout:  # say what the job was doing
+            address = command[command.index("--address") + 1]
+            jobs = subprocess.run([command[0], "job", "list", "--address", address], env=env, capture_output=True,
+                                  text=True, timeout=60)
+            said = "".join(part.decode() if isinstance(part, bytes) else part or ""
+                           for part in (timeout.stdout, timeout.stderr))
+            raise AssertionError(f"ray job submit ran past 300 s; it said: {said[-4000:]}\n"
+                                 f"jobs: {jobs.stdout[-3000:]}") from None
         if "No available agent" not in result.stdout + result.stderr or time.monotonic() > deadline:
             return result
         time.sleep(2)
@@ -106,7 +122,9 @@ def test_ray_job_submit_to_our_own_head(tmp_path):
     """Start a token-authenticated Ray head on 127.0.0.1, submit the survey as a job, check the catalog by SQL,
     and stop that head by its own PID."""
     env = {**os.environ, "PATH": job_path(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    with job_head(tmp_path, env) as (ray, address, work):
+    # the submission is what is tested: the stages that only compute (capacity, topology, predictivity) run on Ray
+    # in test_ray_executor_equals_local_executor
+    with job_head(tmp_path, env, without=("capacity", "topology", "predictivity")) as (ray, address, work):
         submissions = {
             "ray": [ray, "job", "submit", "--address", address, "--working-dir", str(work), "--",
                     "python", "-m", "jobs.run_survey", "--config", "survey.yaml", "--warehouse", str(tmp_path / "ray")],

@@ -371,7 +371,11 @@ class Warehouse:
     def _refuse_old_layout(self, table: str) -> None:
         """One clear line for a warehouse written before the tables were Delta tables (Parquet parts, no log)."""
         selector = pafs.FileSelector(f"{self.root}/{table}", recursive=True, allow_not_found=True)
-        if any(_OLD_PART.match(info.base_name) for info in self.fs.get_file_info(selector)):  # not a first commit's
+        try:
+            entries = self.fs.get_file_info(selector)
+        except FileNotFoundError:  # a folder made or removed by a concurrent writer while listed: not the old layout
+            return
+        if any(_OLD_PART.match(info.base_name) for info in entries):  # not a first commit's
             raise SurveyError(
                 f"warehouse {self.uri} holds {table}/ in the old Parquet-part layout (no Delta log); convert it in "
                 f"place with `survey migrate -w {self.uri}` (shape distances and spaces are then recomputed), or "
