@@ -97,10 +97,17 @@ def survey_cli(*args: str, cwd: Path | None = None, timeout: float = 600, stdin:
     )
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports (held together while picked)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from survey.catalog import Warehouse
 from survey.errors import SurveyError
 from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 
-from .conftest import with_tracking_store
+from .conftest import free_port, with_tracking_store
 
 HISTORY = np.linspace(0.0, 3.0, 1500)  # more steps than one log_batch takes
 IMAGE = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
@@ -72,16 +72,10 @@ def test_a_remote_warehouse_needs_an_explicit_tracking_uri():
     assert "\n" not in str(error.value)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_real_mlflow_server_on_loopback(tmp_path, migrated_database):
     shutil.copy(migrated_database, tmp_path / "mlflow.db")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",

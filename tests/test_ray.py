@@ -21,7 +21,7 @@ from survey.catalog import Warehouse, connect
 from survey.config import parse_config
 from survey.runtime.survey import run_survey
 
-from .conftest import TINY, survey_cli
+from .conftest import TINY, free_ports, survey_cli
 from .test_survey import catalog_fingerprint, table_counts
 
 pytestmark = pytest.mark.ray
@@ -35,15 +35,6 @@ def test_ray_executor_equals_local_executor(tiny_surveyed, tmp_path):
     assert all(report.units_run == report.units_total for report in reports)
     assert catalog_fingerprint(on_ray) == catalog_fingerprint(local)
     assert connect(on_ray).execute("SELECT DISTINCT executor FROM runs").fetchall() == [("ray",)]
-
-
-def _free_ports(n: int) -> list[int]:
-    """`n` distinct free loopback ports (held together while picked)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def _wait_for_dashboard(port: int, head: subprocess.Popen, timeout: float = 120) -> None:
@@ -66,7 +57,7 @@ def job_head(tmp_path: Path, env: dict, ray_path: str | None = None,
     the `ray` command (found on `ray_path`, default the head's PATH), the dashboard address and that directory."""
     ray = shutil.which("ray", path=ray_path or env["PATH"])
     # the agents' ports too: their fixed defaults may still be held by the previous test's head as it exits
-    gcs_port, dashboard_port, *agent_ports = _free_ports(6)
+    gcs_port, dashboard_port, *agent_ports = free_ports(6)
     agents = [f"--{option}={port}" for option, port in zip(
         ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"),
         agent_ports, strict=True)]
