@@ -24,7 +24,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 
-from survey.search.index import VectorIndex
+from survey.vector_index import VectorIndex
 
 CHUNK = 100  # timed queries per searcher before switching to the next one
 REWARM = 5  # untimed queries after each switch (the other library's threads and caches settle)

@@ -39,11 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from survey.catalog import Warehouse, connect
+from survey.catalog.synthetic import write_representations
 from survey.config import DistanceMetric, DistancesConfig, ExecutorConfig, SpacesConfig, SpaceSpec, SurveyConfig
 from survey.metrics.shape import ShapeMetric
 from survey.runtime.survey import run_survey
 from survey.search.space import SHORTLIST, Neighbor, SearchService, Space
-from survey.sources.families import Synthetic, write_representations
+from survey.sources.families import Synthetic
 from survey.stages import RunInfo
 
 K = 10

@@ -6,7 +6,10 @@
 N cheap synthetic representations (survey.sources.families: `--stimuli` × `--units`) go through the real stages:
 `distances` with ``pairs: landmarks`` (maxmin landmarks picked round by round, each round's row spread over the
 executor's actors) and `spaces` (landmark MDS from the L × N landmark rows only, FAISS flat index). Reports the
-seconds of each stage, the driver's peak RSS (goal ≤ 2 GB), the stored rows against L·N − L(L+1)/2, and then, with
+seconds of each stage, each landmark round's seconds (between the commits of consecutive picks; goal: the median of
+the last 10 ≤ 1.3× the median of the first 10), the same L rows computed in this process without the stage (every
+array prepared once, then one `ShapeMetric.distances` call per landmark; goal: the stage ≤ 1.5× that), the
+driver's peak RSS (goal ≤ 2 GB), the stored rows against L·N − L(L+1)/2, and then, with
 `SearchService` over the space: recall@10 with the exact rerank (and from the embedding alone) on `--queries` stored
 queries against brute force (the exact distances from the query to all N, goal ≥ 0.95), and the p50/p90 latency of
 `neighbors(rep, 10)` with rerank over `--latency-queries` other stored queries (goal p50 ≤ 20 ms). Prints one JSON
@@ -16,6 +19,7 @@ object; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -26,12 +30,13 @@ import time
 import numpy as np
 
 from survey.catalog import Warehouse, connect
+from survey.catalog.prepared import load_prepared
+from survey.catalog.synthetic import write_representations
 from survey.config import parse_config
-from survey.metric_inputs import load_prepared
 from survey.metrics.shape import ShapeMetric
 from survey.runtime.survey import run_survey
 from survey.search.space import SearchService
-from survey.sources.families import Synthetic, write_representations
+from survey.sources.families import Synthetic
 from survey.stages import RunInfo
 
 K = 10
@@ -62,13 +67,50 @@ def build(args: argparse.Namespace, warehouse: Warehouse) -> dict:
         "stages": ["distances", "spaces"],
     })
     reports = run_survey(config, warehouse, progress=True)
+    driver_rss = peak_rss_mib()
     rows = connect(warehouse, ["shape_distances"]).execute("SELECT count(*) FROM shape_distances").fetchall()[0][0]
     L = args.landmarks
+    rounds = round_seconds(warehouse)
+    first, last = float(np.median(rounds[:10])), float(np.median(rounds[-10:]))
+    stage_s = next(r.seconds for r in reports if r.stage == "distances")
+    baseline = in_process_rows(warehouse)
     return {"write_representations_s": round(write_s, 1),
             "stages": {r.stage: {"seconds": round(r.seconds, 1), "units": r.units_run, "rows": r.rows}
                        for r in reports},
+            "round_seconds": [round(x, 2) for x in rounds],
+            "round_median_first_10_s": round(first, 2), "round_median_last_10_s": round(last, 2),
+            "round_ratio_last_over_first": round(last / first, 3), "goal_round_ratio_le_1_3": last / first <= 1.3,
+            "in_process": baseline,
+            "stage_over_in_process": round(stage_s / baseline["seconds"], 3),
+            "goal_stage_le_1_5x_in_process": stage_s <= 1.5 * baseline["seconds"],
             "stored_rows": rows, "expected_rows": L * args.n - L * (L + 1) // 2,
-            "driver_peak_rss_mib": round(peak_rss_mib()), "goal_driver_le_2gb": peak_rss_mib() <= 2048}
+            "driver_peak_rss_mib": round(driver_rss), "goal_driver_le_2gb": driver_rss <= 2048}
+
+
+def round_seconds(warehouse: Warehouse) -> list[float]:
+    """Seconds between the commits of consecutive landmark picks: one round (its row computed, the next picked)."""
+    picks = sorted(entry["timestamp"] for entry in warehouse.delta("distance_landmarks").history()
+                   if entry.get("operation") == "WRITE")
+    return [(b - a) / 1e3 for a, b in itertools.pairwise(picks)]
+
+
+def in_process_rows(warehouse: Warehouse) -> dict:
+    """The stage's landmark rows computed here without it: every array prepared once, one call per row."""
+    engine = ShapeMetric(METRIC["metric"], METRIC["alpha"], "angular", True, "cpu")
+    reps = {row["rep_id"]: row for row in warehouse.rows("representations")}
+    sequence = [row["rep_id"] for row in sorted(warehouse.rows("distance_landmarks"), key=lambda row: row["round"])]
+    start = time.perf_counter()
+    prepared = {rep: engine.prepare(warehouse.load_array(row["array_uri"]), rep) for rep, row in reps.items()}
+    loaded = time.perf_counter()
+    earlier: set[str] = set()
+    for landmark in sequence:
+        earlier.add(landmark)
+        engine.distances([prepared[landmark]], [prepared[rep] for rep in reps if rep not in earlier])
+    computed = time.perf_counter()
+    log(f"in process: prepared {len(prepared)} arrays in {loaded - start:.1f} s, {len(sequence)} rows in "
+        f"{computed - loaded:.1f} s")
+    return {"seconds": round(computed - start, 1), "prepare_s": round(loaded - start, 1),
+            "rows_s": round(computed - loaded, 1)}
 
 
 def search(args: argparse.Namespace, warehouse: Warehouse) -> dict:

@@ -23,9 +23,10 @@ import tempfile
 import time
 
 from survey.catalog import Warehouse, connect
+from survey.catalog.synthetic import write_representations
 from survey.config import parse_config
 from survey.runtime.survey import run_survey
-from survey.sources.families import Synthetic, write_representations
+from survey.sources.families import Synthetic
 from survey.stages import RunInfo
 from survey.stages.distances import DistancesStage
 

@@ -18,8 +18,9 @@ from typing import Annotated
 try:
     import typer
 
-    from survey.cli import DEFAULT_WAREHOUSE, ExecutorKind, execute, exit_on_user_error, with_executor
+    from survey.cli import DEFAULT_WAREHOUSE, exit_on_user_error
     from survey.config import load_config
+    from survey.runtime.survey import execute
 except ImportError as missing:
     print(f"error: the job runs under {sys.executable} (Python {platform.python_version()}), which lacks the "
           f"project's packages ({missing}); start the Ray head from the project's environment (`.venv/bin/ray start "
@@ -33,7 +34,7 @@ def main(
     warehouse: Annotated[str, typer.Option(help="Warehouse root reachable from every node.")] = DEFAULT_WAREHOUSE,
 ) -> None:
     """Run every stage of `config` on Ray actors of the job's cluster."""
-    execute(with_executor(load_config(config), ExecutorKind.ray), warehouse)
+    execute(load_config(config), warehouse, executor="ray")
 
 
 if __name__ == "__main__":

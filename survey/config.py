@@ -9,7 +9,27 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from survey.errors import SurveyError, one_line
-from survey.metrics.configuration import METRICS, SCORES, check_configuration
+from survey.mei.defaults import (
+    EGG_ENERGY_SCALE,
+    EGG_STEPS,
+    GA_BLUR_SIGMA,
+    GA_LR,
+    GA_STEPS,
+    PRIOR_BATCH_SIZE,
+    PRIOR_LR,
+    PRIOR_STEPS,
+    PRIOR_TIMESTEPS,
+    PRIOR_WIDTHS,
+)
+from survey.metrics.configuration import (
+    DEFAULT_ALPHA,
+    DEFAULT_CENTER,
+    DEFAULT_METRIC,
+    DEFAULT_SCORE,
+    METRICS,
+    SCORES,
+    check_configuration,
+)
 from survey.stimuli import StimulusSpec
 
 # every stage's name; the order they run in follows from the tables each reads and writes (survey.runtime.survey)
@@ -131,10 +151,10 @@ class ActivationsConfig(_Strict):
 class DistanceMetric(_Strict):
     """One shape-metric configuration (DESIGN §5.1; formulas in `survey.metrics.shape`)."""
 
-    metric: Literal[METRICS] = "linear"  # type: ignore[valid-type]
-    alpha: float = 1.0  # linear/conv: 0 = CCA … 1 = Procrustes; stochastic: 0 = means … 2 = covariances
-    score: Literal[SCORES] = "angular"  # type: ignore[valid-type]
-    center: bool = True
+    metric: Literal[METRICS] = DEFAULT_METRIC  # type: ignore[valid-type]
+    alpha: float = DEFAULT_ALPHA  # linear/conv: 0 = CCA … 1 = Procrustes; stochastic: 0 = means … 2 = covariances
+    score: Literal[SCORES] = DEFAULT_SCORE  # type: ignore[valid-type]
+    center: bool = DEFAULT_CENTER
 
     @model_validator(mode="after")
     def _valid(self) -> DistanceMetric:
@@ -218,11 +238,11 @@ class PriorConfig(_Strict):
     stimuli: str = "natural"  # the stimulus set whose image size the prior is trained at
     channels: Literal[1, 3] = 1  # 1: grayscale patches (the paper's setting); 3: RGB, for models that see colour
     n_patches: int = Field(20_000, ge=1)
-    widths: tuple[int, ...] = Field((16, 32, 32), min_length=1)  # UNet channels per level
-    steps: int = Field(3000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    timesteps: int = Field(1000, ge=2)  # the linear β schedule's length
+    widths: tuple[int, ...] = Field(PRIOR_WIDTHS, min_length=1)
+    steps: int = Field(PRIOR_STEPS, ge=1)
+    batch_size: int = Field(PRIOR_BATCH_SIZE, ge=1)
+    lr: float = Field(PRIOR_LR, gt=0)
+    timesteps: int = Field(PRIOR_TIMESTEPS, ge=2)
     seed: int = 0
     # after training, unguided samples checked against the patches (their spectrum slope is stored, their grid
     # logged); at fewer sampling steps a small prior's samples come out smoother
@@ -241,8 +261,8 @@ class PriorConfig(_Strict):
 class EggConfig(_Strict):
     """Energy-guided diffusion (Pierzchlewicz et al. 2023; survey.mei.egg)."""
 
-    steps: int = Field(100, ge=1)  # respaced diffusion steps
-    energy_scale: float = Field(10.0, ge=0)  # the paper's MEI scale
+    steps: int = Field(EGG_STEPS, ge=1)
+    energy_scale: float = Field(EGG_ENERGY_SCALE, ge=0)
     # None: the `prior` stage's prior at mei.stimuli's size; else a local diffusers folder or module:callable
     prior: str | None = None
 
@@ -260,9 +280,9 @@ class MeiConfig(_Strict):
     # baseline of a grayscale diffusion prior; egg: energy-guided diffusion
     methods: tuple[Literal["ga", "ga_grey", "egg"], ...] = Field(("ga",), min_length=1)
     seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)  # restarts per target and method; the best is flagged
-    steps: int = Field(1000, ge=1)
-    lr: float = Field(10.0, gt=0)
-    blur_sigma: float = Field(1.0, ge=0)
+    steps: int = Field(GA_STEPS, ge=1)
+    lr: float = Field(GA_LR, gt=0)
+    blur_sigma: float = Field(GA_BLUR_SIGMA, ge=0)
     jitter: int = Field(0, ge=0)
     fourier: bool = False
     norm: float | None = Field(None, gt=0)  # None: the mean L2 norm of the set's images minus its mean image

@@ -147,6 +147,18 @@ def maxmin_landmarks(
     return np.asarray(picks, dtype=np.int64)
 
 
+def fold_nearest(nearest: np.ndarray, items_a: np.ndarray, items_b: np.ndarray, distances: np.ndarray) -> None:
+    """Fold stored landmark-row pairs into `nearest`, each item's distance to its nearest landmark (in place).
+
+    The max–min state of `maxmin_landmarks` kept from pairs (a, b, d) instead of whole rows: every pair holds a
+    landmark, so d bounds both ends' nearest-landmark distance (a landmark's own entry is reset by the caller).
+    Items −1 lie outside the candidates and are skipped. A minimum is idempotent: folding a pair twice, or the rows
+    in any order, gives the same vector, so rows may be folded incrementally as they are stored."""
+    for items in (items_a, items_b):
+        held = items >= 0
+        np.minimum.at(nearest, items[held], distances[held])
+
+
 class LandmarkMDS:
     """Landmark MDS (de Silva & Tenenbaum 2004): classical MDS of L landmarks, then x = −½ L# (δ − δ_μ).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from functools import cache
 
 import numpy as np
@@ -58,3 +59,15 @@ def cut_patches(
     xs = rng.integers(x_lo, x_hi + 1, n)
     patches = np.stack([image[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
     return np.ascontiguousarray(patches.transpose(0, 3, 1, 2))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A C × H × W image (any range) as PNG bytes, min–max scaled to 0…255 (grey for C = 1, RGB for C = 3)."""
+    from PIL import Image
+
+    low, high = float(image.min()), float(image.max())
+    scaled = np.zeros_like(image) if high <= low else (image - low) / (high - low)
+    pixels = np.ascontiguousarray((np.moveaxis(scaled, 0, -1) * 255).round().astype(np.uint8))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -62,7 +62,7 @@ def tiny_surveyed(tmp_path_factory) -> Warehouse:
 @pytest.fixture(scope="session")
 def migrated_database(tmp_path_factory) -> Path:
     """One MLflow SQLite store migrated once per session (the first connection runs MLflow's migrations, seconds)."""
-    from survey.mei.tracking import Tracker
+    from survey.catalog.tracking import Tracker
 
     folder = tmp_path_factory.mktemp("mlflow-template")
     Tracker(f"sqlite:///{folder / 'mlflow.db'}", experiment="template")

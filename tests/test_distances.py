@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from survey.catalog import Warehouse, connect
+from survey.catalog.prepared import load_prepared, prepared_path
+from survey.catalog.synthetic import write_representations
 from survey.config import SurveyConfig, parse_config
-from survey.embedding import maxmin_landmarks
+from survey.embedding import fold_nearest, maxmin_landmarks
 from survey.errors import SurveyError
-from survey.metric_inputs import load_prepared, prepared_path
 from survey.metrics.shape import ShapeMetric, pairwise
 from survey.runtime.survey import run_survey
-from survey.sources.families import Synthetic, write_representations
+from survey.sources.families import Synthetic
 from survey.stages import RunInfo
 from survey.stages.distances import DistancesStage
 
@@ -211,8 +212,13 @@ def test_two_concurrent_runs_and_a_sigkill_leave_every_pair_once(tmp_path):
 
 def test_landmarks_mode_computes_maxmin_rows_once_and_a_metric_keeps_its_mode(tmp_path):
     warehouse, full = Warehouse(tmp_path / "landmarks"), Warehouse(tmp_path / "all")
-    grow(Synthetic(n_families=4, n_stimuli=30, units=6, seed=4), 30, warehouse, full)
+    resumed = Warehouse(tmp_path / "resumed")
+    grow(Synthetic(n_families=4, n_stimuli=30, units=6, seed=4), 30, warehouse, full, resumed)
     run_survey(distances_config(pairs="landmarks", landmarks=6), warehouse, progress=False)
+    # a selection stopped after 3 landmarks, its rows compacted, then resumed by a new run: same landmarks
+    run_survey(distances_config(pairs="landmarks", landmarks=3), resumed, progress=False)
+    resumed.compact("shape_distances", vacuum_hours=0)
+    run_survey(distances_config(pairs="landmarks", landmarks=6), resumed, progress=False)
     run_survey(distances_config(), full, progress=False)
     ids = sorted(r["rep_id"] for r in full.rows("representations"))
     matrix = np.zeros((30, 30))
@@ -220,6 +226,8 @@ def test_landmarks_mode_computes_maxmin_rows_once_and_a_metric_keeps_its_mode(tm
         matrix[ids.index(a), ids.index(b)] = matrix[ids.index(b), ids.index(a)] = d
     sequence = [rep for _, rep in sorted(_rows(warehouse, "SELECT round, rep_id FROM distance_landmarks"))]
     assert sequence == [ids[i] for i in maxmin_landmarks(matrix, 6, seed=0)]
+    assert [rep for _, rep in sorted(_rows(resumed, "SELECT round, rep_id FROM distance_landmarks"))] == sequence
+    assert stored(resumed) == stored(warehouse)
     rows = stored(warehouse)
     assert len(rows) == 6 * 30 - 6 * 7 // 2  # each landmark's row, pairs of two landmarks once
     for (a, b), d in rows.items():
@@ -229,6 +237,26 @@ def test_landmarks_mode_computes_maxmin_rows_once_and_a_metric_keeps_its_mode(tm
         run_survey(distances_config(), warehouse, progress=False)
     with pytest.raises(SurveyError, match="pairs: all"):
         run_survey(distances_config(pairs="landmarks", landmarks=6), full, progress=False)
+
+
+def test_the_nearest_landmark_fold_of_stored_pairs_equals_a_fold_of_whole_rows():
+    rng = np.random.default_rng(3)
+    points = rng.standard_normal((40, 3))
+    matrix = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    landmarks = [5, 17, 30, 2]
+    pairs = [(a, b) for r, a in enumerate(landmarks) for b in range(40) if b not in landmarks[:r + 1]]
+    rows = np.array([(min(a, b), max(a, b)) for a, b in pairs])  # stored as rep_a < rep_b
+    from_rows = np.min(matrix[landmarks], axis=0)
+    for chunks in (1, 3, 7):  # incrementally, in any order, with a chunk folded twice
+        nearest = np.full(40, np.inf)
+        order = rng.permutation(len(rows))
+        for chunk in [*np.array_split(order, chunks), order[:5]]:
+            fold_nearest(nearest, rows[chunk, 0], rows[chunk, 1], matrix[rows[chunk, 0], rows[chunk, 1]])
+        others = np.setdiff1d(np.arange(40), landmarks)
+        np.testing.assert_array_equal(nearest[others], from_rows[others])
+    outside = np.full(40, np.inf)
+    fold_nearest(outside, np.array([-1, 3]), np.array([4, -1]), np.array([1.0, 2.0]))  # −1: not a candidate
+    assert outside[4] == 1.0 and outside[3] == 2.0 and np.isinf(np.delete(outside, [3, 4])).all()
 
 
 def test_non_finite_representation_is_named_and_its_tiles_are_not_written(tmp_path, tiny_dict):

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from survey.catalog import Warehouse, connect
+from survey.catalog.tracking import KEY_TAG, Tracker, default_tracking_uri
 from survey.config import parse_config
 from survey.errors import SurveyError
-from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 from survey.runtime.survey import STAGE_ORDER, STAGES, run_survey
 from survey.stages import RunInfo
 from survey.stages.activations import ActivationsStage

@@ -103,9 +103,14 @@ def test_depth_trend_is_the_median_over_groups_with_a_rho():
 
 
 def test_profile_helpers():
-    keys, means = group_means(np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 10.0]]), np.array(["V4", "V4", "IT"]))
-    assert list(keys) == ["IT", "V4"]
-    np.testing.assert_allclose(means, [[10, 10], [2, 3]])
+    keys, means = group_means(np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 10.0], [np.nan, 0.0]]),
+                              np.array(["V4", "V4", "IT", "V4"]))
+    assert keys == [("IT",), ("V4",)]
+    np.testing.assert_allclose(means, [[10, 10], [2, 3]])  # the row holding NaN is left out
+    keys, means = group_means(np.array([1.0, 2.0, 4.0, np.nan, 8.0]), np.array(["a", "a", "a", "b", "b"]),
+                              np.array([0, 1, 1, 0, 0]))
+    assert keys == [("a", 0), ("a", 1), ("b", 0)]
+    np.testing.assert_allclose(means, [1.0, 3.0, 8.0])
     z = zscore(np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]]))
     np.testing.assert_allclose(z[:, 0], [-math.sqrt(1.5), 0, math.sqrt(1.5)])
     np.testing.assert_allclose(z[:, 1], 0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from survey.errors import SurveyError
-from survey.search.index import MISSING_ID, VectorIndex
+from survey.vector_index import MISSING_ID, VectorIndex
 
 
 def clustered(n: int, dim: int = 32, n_clusters: int = 50, seed: int = 0) -> np.ndarray:

@@ -11,17 +11,16 @@ import pytest
 import torch
 
 from survey.catalog import Warehouse, connect
+from survey.catalog.models import load_prior, load_readout
+from survey.catalog.networks import load_network
+from survey.catalog.stimuli import load_images
+from survey.catalog.tracking import KEY_TAG, Tracker, default_tracking_uri
 from survey.config import MeiTargets, parse_config
 from survey.errors import SurveyError
 from survey.mei.prior import load_diffusers_prior
 from survey.mei.targets import LayerResponses
-from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 from survey.runtime.survey import run_survey
 from survey.stages.mei import grey_and_norm, load_targets
-from survey.stages.networks import load_network
-from survey.stages.predictivity import load_readout
-from survey.stages.prior import load_prior
-from survey.stages.stimuli import load_images
 from survey.stimuli import NaturalPatches
 
 from .conftest import TINY, survey_cli
@@ -92,7 +91,7 @@ def test_every_row_has_its_mlflow_run_and_the_meis_beat_natural_patches(warehous
     network = supervised(warehouse)
     module, preprocessing = load_network(network, warehouse)
     stimuli = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
-    grey, norm = grey_and_norm(load_images(warehouse.uri, stimuli["uri"]))
+    grey, norm = grey_and_norm(load_images(warehouse, stimuli["uri"]))
     patches = NaturalPatches(name="natural-baseline", n=10_000, size=32, seed=0).generate().images
     contrast = torch.from_numpy(patches - grey[None, :, None, None].astype(np.float32))
     contrast = contrast * norm / contrast.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
@@ -185,7 +184,7 @@ def test_a_neurons_encoding_model_loads_by_id_and_predicts_what_its_readout_does
     fit = next(row for row in warehouse.rows("predictivity")
                if row["network_id"] == network["network_id"] and row["area"] == "IT" and row["status"] == "ok")
     stimuli = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
-    images = load_images(warehouse.uri, stimuli["uri"])
+    images = load_images(warehouse, stimuli["uri"])
     grey, _ = grey_and_norm(images)
     model = load_targets(warehouse, MeiTargets(network=network["network_id"], layer=fit["layer"],
                                                session=fit["session_id"], area="IT", units=(0,)), grey.tolist())
@@ -211,7 +210,7 @@ def test_egg_and_ga_meis_are_scored_on_another_seed_and_another_architecture(war
     assert {(row["method"], row["steps"]) for row in rows} == {("ga", 30), ("egg", 10)}
     target = supervised(warehouse)
     grey = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
-    grey, _ = grey_and_norm(load_images(warehouse.uri, grey["uri"]))
+    grey, _ = grey_and_norm(load_images(warehouse, grey["uri"]))
     offset = torch.tensor(grey, dtype=torch.float32)
     for row in rows:
         family, cross = networks[row["family_network_id"]], networks[row["cross_network_id"]]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from survey.catalog import Warehouse
+from survey.catalog.tracking import KEY_TAG, Tracker, default_tracking_uri
 from survey.errors import SurveyError
-from survey.mei.tracking import KEY_TAG, Tracker, default_tracking_uri
 
 from .conftest import free_port, with_tracking_store
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from survey.catalog import Warehouse, connect
+from survey.catalog.models import load_readout
+from survey.catalog.synthetic import write_representations
 from survey.config import parse_config
 from survey.metrics.predictivity import (
     cross_validated_predictions,
@@ -13,9 +15,8 @@ from survey.metrics.predictivity import (
     pearson_columns,
 )
 from survey.runtime.survey import run_survey
-from survey.sources.families import Synthetic, write_representations
+from survey.sources.families import Synthetic
 from survey.stages import RunInfo
-from survey.stages.predictivity import load_readout
 
 BEST_LAYER = """
     SELECT network_id, session_id, area, arg_max(layer, median_corrected) AS best_layer,

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from survey.catalog import Warehouse
+from survey.catalog.synthetic import write_representations
 from survey.config import DistancesConfig, SurveyConfig
 from survey.metrics.shape import ShapeMetric
 from survey.runtime.survey import run_survey
 from survey.search.space import SearchService
-from survey.sources.families import Synthetic, write_representations
+from survey.sources.families import Synthetic
 from survey.stages import RunInfo
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "search_recall.py"

@@ -15,10 +15,10 @@ import yaml
 
 from survey.activations import extract
 from survey.catalog import TABLES, Warehouse, connect
+from survey.catalog.networks import load_network
+from survey.catalog.stimuli import load_images
 from survey.config import parse_config
 from survey.runtime.survey import STAGE_ORDER, STAGES, run_survey
-from survey.stages.networks import load_network
-from survey.stages.stimuli import load_images
 
 from .conftest import survey_cli
 
@@ -89,7 +89,7 @@ def test_stored_arrays_match_a_direct_extraction(tmp_path, tiny_config):
     network_rep = next(r for r in rows if r["source_kind"] == "network" and r["spatial_uri"])
     network = networks[network_rep["source_id"]]
     module, preprocessing = load_network(network, warehouse)
-    images = load_images(warehouse.uri, stimsets[network_rep["stimset_id"]]["uri"])
+    images = load_images(warehouse, stimsets[network_rep["stimset_id"]]["uri"])
     direct = extract(module, images, [network_rep["layer_or_area"]], **preprocessing)[network_rep["layer_or_area"]]
     np.testing.assert_array_equal(warehouse.load_array(network_rep["array_uri"]), direct.flat)
     np.testing.assert_array_equal(warehouse.load_array(network_rep["spatial_uri"]), direct.spatial)
@@ -145,7 +145,7 @@ def test_user_network_with_local_weights_is_surveyed(tmp_path, tiny_dict):
     reps = {(r["source_name"], r["layer_or_area"], r["stimset_id"]): r for r in warehouse.rows("representations")}
     assert len(reps) == 3 * 2  # (mine: 2 layers, random: 1 layer) × 2 stimulus sets
     natural = next(r for r in warehouse.rows("stimulus_sets") if r["name"] == "natural")
-    images = torch.from_numpy(load_images(warehouse.uri, natural["uri"]))
+    images = torch.from_numpy(load_images(warehouse, natural["uri"]))
     with torch.no_grad():
         conv = trained[1](trained[0](images))
         logits = trained(images)

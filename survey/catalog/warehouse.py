@@ -36,6 +36,7 @@ from survey.errors import SurveyError, one_line
 from survey.hashing import array_hash
 
 if TYPE_CHECKING:  # imported where used: `survey sql` over a local warehouse needs it not
+    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
 _COPY_CHUNK = 1 << 22
@@ -77,9 +78,16 @@ class Warehouse:
             self.fs, self.root, self._prefix = pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute()), ""
         self.root = self.root.rstrip("/")
         self.uri = uri if self._prefix else self.root
+        self._file_keys: dict[str, dict[str, list[str]]] = {}  # by table and file name: a compacted file's units
         info = self.fs.get_file_info(self.root)
         if info.type == pafs.FileType.File:
             raise SurveyError(f"warehouse {uri!r} is a file, not a directory; pass --warehouse a directory path or URI")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Warehouse) and other.uri == self.uri
+
+    def __hash__(self) -> int:  # one warehouse, one key: the catalog layer caches what it reads per warehouse
+        return hash(self.uri)
 
     @property
     def is_local(self) -> bool:
@@ -195,7 +203,8 @@ class Warehouse:
 
     def done_keys(self, table: str) -> set[str]:
         """Keys of the units committed to `table`. Files holding one unit name it in their log statistics; only
-        compacted files (many units) are read, and then only their `unit_key` column."""
+        compacted files (many units) are read, and then only their `unit_key` column, once per file (data files never
+        change), so a stage asking after every round reads only what was compacted since."""
         import pyarrow.compute as pc
 
         snapshot = self.delta(table)
@@ -209,12 +218,32 @@ class Warehouse:
                 "max.unit_key", pa.nulls(files.num_rows, pa.string()))
         single = pc.fill_null(pc.equal(files["min.unit_key"], files["max.unit_key"]), False)
         keys = set(pc.filter(files["min.unit_key"], single).to_pylist())
-        mixed = {path.rsplit("/", 1)[-1] for path in pc.filter(files["path"], pc.invert(single)).to_pylist()}
-        if mixed:  # file names are unique (a UUID each), so the base name finds the fragment
+        mixed = {_file_name(path) for path in pc.filter(files["path"], pc.invert(single)).to_pylist()}
+        known = self._file_keys.get(table, {})
+        known = self._file_keys[table] = {name: known[name] for name in mixed if name in known}
+        if len(known) < len(mixed):  # file names are unique (a UUID each), so the base name finds the fragment
             for fragment in self._snapshot_dataset(table, snapshot).get_fragments():
-                if fragment.path.rsplit("/", 1)[-1] in mixed:
-                    keys.update(pc.unique(fragment.to_table(columns=["unit_key"])["unit_key"]).to_pylist())
+                if (name := _file_name(fragment.path)) in mixed and name not in known:
+                    known[name] = pc.unique(fragment.to_table(columns=["unit_key"])["unit_key"]).to_pylist()
+        for unit_keys in known.values():
+            keys.update(unit_keys)
         return keys
+
+    def read_new_files(self, table: str, seen: set[str], columns: list[str],
+                       filter: pc.Expression | None = None) -> pa.Table:
+        """The rows (`columns`, matching `filter`) of `table`'s current data files whose names are not in `seen`,
+        which gains them: a reader folding a growing table reads each file once (compaction moves rows into new
+        files, which it then reads again)."""
+        import pyarrow.dataset as pads
+
+        snapshot = self.delta(table)
+        if snapshot is None:
+            return TABLES[table].empty_table().select(columns)
+        dataset = self._snapshot_dataset(table, snapshot)
+        fresh = [fragment for fragment in dataset.get_fragments() if _file_name(fragment.path) not in seen]
+        seen.update(_file_name(fragment.path) for fragment in fresh)
+        return pads.FileSystemDataset(fresh, dataset.schema, dataset.format, dataset.filesystem).to_table(
+            columns=columns, filter=filter)
 
     def append_unit(self, table: str, key: str, rows: list[dict]) -> int:
         """Append the rows of unit `key` to `table` in one atomic commit; returns the rows written (0 when the unit
@@ -478,6 +507,10 @@ class Warehouse:
             with contextlib.suppress(OSError):
                 self.fs.delete_file(staged)
             raise
+
+
+def _file_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
 
 def _is_absolute(path: str) -> bool:

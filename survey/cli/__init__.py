@@ -3,9 +3,9 @@
 runs, so `survey sql` and `survey --help` start fast."""
 
 from survey.cli import catalog, demo, search, surveying  # noqa: F401 - importing a module registers its commands
-from survey.cli.common import DEFAULT_WAREHOUSE, ExecutorKind, app, execute, exit_on_user_error, with_executor
+from survey.cli.common import DEFAULT_WAREHOUSE, ExecutorKind, app, exit_on_user_error
 
-__all__ = ["DEFAULT_WAREHOUSE", "ExecutorKind", "app", "execute", "exit_on_user_error", "main", "with_executor"]
+__all__ = ["DEFAULT_WAREHOUSE", "ExecutorKind", "app", "exit_on_user_error", "main"]
 
 
 def main() -> None:

@@ -82,8 +82,8 @@ def migrate(warehouse: WarehouseOption = DEFAULT_WAREHOUSE) -> None:
     otherwise before, are dropped for `survey run` to recompute), and absolute paths to the warehouse's own files
     become paths relative to its root (one commit per table), so that a copy or a move of it stands alone."""
     from survey.catalog import TABLES
+    from survey.catalog.tracking import repoint_artifacts
     from survey.display import print_table
-    from survey.mei.tracking import repoint_artifacts
 
     store = existing(warehouse)
     rows = [{"table": name, "rows": converted} for name in TABLES
@@ -147,7 +147,7 @@ def layers(
         raise SurveyError(f"no network named {network!r} in {store.uri}; list them with "
                           "`survey sql \"SELECT name FROM networks\"` or pass --kind")
     if every:
-        from survey.stages.networks import load_network
+        from survey.catalog.networks import load_network
 
         print("\n".join(layer_names(load_network(rows[0], store)[0])))
     else:

@@ -7,7 +7,6 @@ so that `survey sql` and `survey --help` start without torch, Ray, MLflow, panda
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -66,12 +65,6 @@ def existing(warehouse: str) -> Warehouse:
     return Warehouse(warehouse).check_catalog()
 
 
-def with_executor(config: SurveyConfig, executor: ExecutorKind | None) -> SurveyConfig:
-    if executor is None:
-        return config
-    return config.model_copy(update={"executor": config.executor.model_copy(update={"kind": executor.value})})
-
-
 def one_stage_config(stage: str, section: dict, option: str | None = None) -> SurveyConfig:
     """A survey of one stage whose config section is `section`; a bad option is one line naming its field (or
     `option`, the command-line option it came from)."""
@@ -85,25 +78,6 @@ def one_stage_config(stage: str, section: dict, option: str | None = None) -> Su
         first = err.errors()[0]
         where = option or f"{stage}: {'.'.join(str(p) for p in first['loc'])}"
         raise SurveyError(f"{where}: {one_line(first['msg'])}") from None
-
-
-def execute(config: SurveyConfig, warehouse: str, stages: tuple[str, ...] | None = None) -> None:
-    """Run `config` into `warehouse` and print what each stage did."""
-    from rich.table import Table
-
-    from survey.catalog import Warehouse
-    from survey.display import console
-    from survey.runtime.survey import run_survey
-
-    start = time.perf_counter()
-    store = Warehouse(warehouse)
-    reports = run_survey(config, store, stages=stages)
-    table = Table("stage", "units", "run now", "rows written", "seconds", title=f"survey {config.name!r}")
-    for report in reports:
-        rows = ", ".join(f"{name} {count}" for name, count in sorted(report.rows.items())) or "-"
-        table.add_row(report.stage, str(report.units_total), str(report.units_run), rows, f"{report.seconds:.1f}")
-    console.print(table)
-    console.print(f"finished in {time.perf_counter() - start:.1f} s; warehouse: {store.uri}")
 
 
 def check_output(output_format: OutputFormat, output: Path | None) -> None:

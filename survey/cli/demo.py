@@ -12,9 +12,7 @@ from survey.cli.common import (
     ExecutorOption,
     WarehouseOption,
     app,
-    execute,
     print_query,
-    with_executor,
 )
 from survey.cli.surveying import print_mei_summary
 
@@ -79,8 +77,9 @@ def demo(
     from survey.catalog import TABLES, Warehouse, connect
     from survey.config import DEMO_CONFIG, SMALL_DEMO_CONFIG, load_config
     from survey.display import console
+    from survey.runtime.survey import execute
 
-    execute(with_executor(load_config(SMALL_DEMO_CONFIG if small else DEMO_CONFIG), executor), warehouse)
+    execute(load_config(SMALL_DEMO_CONFIG if small else DEMO_CONFIG), warehouse, None, executor)
     store = Warehouse(warehouse)
     connection = connect(store)
     print_query(connection, "rows per table", " UNION ALL ".join(

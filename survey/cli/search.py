@@ -16,12 +16,10 @@ from survey.cli.common import (
     WarehouseOption,
     app,
     check_output,
-    execute,
     existing,
     given,
     index_app,
     one_stage_config,
-    with_executor,
 )
 from survey.display import OutputFormat
 from survey.errors import SurveyError, one_line
@@ -68,7 +66,9 @@ def index_build(
 
     spec = {"metric": parse_metric(metric), "kind": kind.value, **given(stimuli=stimset, dim=dim, landmarks=landmarks)}
     config = one_stage_config("spaces", {"build": [spec]}, "--metric")
-    execute(with_executor(config, executor), warehouse)
+    from survey.runtime.survey import execute
+
+    execute(config, warehouse, None, executor)
     rows = [row for row in SearchService(Warehouse(warehouse)).spaces() if row["name"] == config.spaces.build[0].label]
     print_table(["space_id", "name", "n_items", "dim", "n_landmarks", "landmarks_from", "negative_mass", "stress"],
                 rows[-1:], title="space")

@@ -16,7 +16,6 @@ from survey.cli.common import (
     ExecutorOption,
     WarehouseOption,
     app,
-    execute,
     existing,
     given,
     integers,
@@ -24,7 +23,6 @@ from survey.cli.common import (
     print_query,
     prior_app,
     sessions_app,
-    with_executor,
     zoo_app,
 )
 from survey.cli.search import parse_metric
@@ -49,7 +47,9 @@ def run(
     unknown = sorted(set(chosen or ()) - set(STAGE_NAMES))
     if unknown:
         raise SurveyError(f"--stages: unknown stages {unknown}; choose from {', '.join(STAGE_NAMES)}")
-    execute(with_executor(load_config(config), executor), warehouse, chosen)
+    from survey.runtime.survey import execute
+
+    execute(load_config(config), warehouse, chosen, executor)
 
 
 class PairsMode(StrEnum):
@@ -73,7 +73,9 @@ def distances(
     """Pairwise shape distances between the catalog's representations, per stimulus set and metric."""
     settings = {"metrics": [parse_metric(spec) for spec in metric], "stimuli": stimset or None, "pairs": pairs.value,
                 **given(landmarks=landmarks, tile_size=tile_size)}
-    execute(with_executor(one_stage_config("distances", settings, "--metric"), executor), warehouse)
+    from survey.runtime.survey import execute
+
+    execute(one_stage_config("distances", settings, "--metric"), warehouse, None, executor)
 
 
 @app.command()
@@ -117,16 +119,18 @@ def mei(
                         methods=None if method is None else [part.strip() for part in method.split(",")
                                                              if part.strip()])}
     config = one_stage_config("mei", settings)
-    execute(with_executor(config, executor), warehouse)
+    from survey.runtime.survey import execute
+
+    execute(config, warehouse, None, executor)
     print_mei_summary(store, config.mei.mlflow_uri)
 
 
 def print_mei_summary(store: Warehouse, mlflow_uri: str | None) -> None:
     """The best MEI per target and method, EGG against GA, and where the MLflow runs are."""
     from survey.catalog import connect
+    from survey.catalog.tracking import default_tracking_uri
     from survey.display import console, print_table
     from survey.mei.comparison import compare_methods
-    from survey.mei.tracking import default_tracking_uri
 
     connection = connect(store)
     print_query(connection, "most exciting inputs: best seed per target and method (mei_runs has the rest)", """
@@ -161,7 +165,9 @@ def zoo_build(
 
     zoo = {"n_architectures": n, "seed": seed, "train": {"steps": steps}}
     config = SurveyConfig.model_validate({"name": "zoo", "zoo": zoo, "stages": ["networks"]})
-    execute(with_executor(config, executor), warehouse)
+    from survey.runtime.survey import execute
+
+    execute(config, warehouse, None, executor)
 
 
 @prior_app.command("train")
@@ -189,16 +195,18 @@ def prior_train(
     prior = given(stimuli=stimset, channels=channels, steps=steps, n_patches=n_patches, seed=seed,
                   check_samples=check_samples, check_steps=check_steps, mlflow_uri=mlflow_uri)
     config = one_stage_config("prior", prior)
-    execute(with_executor(config, executor), warehouse)
+    from survey.runtime.survey import execute
+
+    execute(config, warehouse, None, executor)
     print_query(connect(store), "diffusion priors", """
         SELECT prior_id, size, channels, n_params, round(final_loss, 4) AS final_loss, round(seconds, 1) AS seconds,
                round(sample_slope, 2) AS sample_slope, round(patch_slope, 2) AS patch_slope, mlflow_run_id
         FROM priors ORDER BY prior_id""")
     if out is not None:
+        from survey.catalog.models import catalog_unet, configured_prior
         from survey.mei.prior import save_prior
-        from survey.stages.prior import PriorStage, catalog_unet
 
-        key = PriorStage(config).plan(store, None)[0].key
+        key = configured_prior(store, config.prior)[0]
         row = next(row for row in store.rows("priors") if row["prior_id"] == key)
         save_prior(catalog_unet(store, row), json.loads(row["scheduler_config"]), out)
         console.print(f"Written to {out} (pass it as mei.egg.prior or --prior)", soft_wrap=True)
@@ -221,7 +229,9 @@ def sessions_synth(
         "name": "sessions", "stimuli": demo_config["stimuli"], "sessions": {"synthetic": synthetic},
         "stages": ["stimuli", "sessions"],
     })
-    execute(with_executor(config, executor), warehouse)
+    from survey.runtime.survey import execute
+
+    execute(config, warehouse, None, executor)
 
 
 @app.command()

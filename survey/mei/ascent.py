@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from survey.errors import SurveyError
+from survey.mei.defaults import GA_BLUR_SIGMA, GA_LR, GA_STEPS
 from survey.validation import check_int
 
 
@@ -88,9 +89,9 @@ def gradient_ascent(
     *,
     norm: float,
     generator: torch.Generator,
-    steps: int = 1000,
-    lr: float = 10.0,
-    blur_sigma: float = 1.0,
+    steps: int = GA_STEPS,
+    lr: float = GA_LR,
+    blur_sigma: float = GA_BLUR_SIGMA,
     jitter: int = 0,
     fourier: bool = False,
     device: torch.device | str = "cpu",

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from survey.errors import SurveyError
 from survey.mei.ascent import device_clock, project_to_norm
+from survey.mei.defaults import EGG_ENERGY_SCALE, EGG_STEPS
 from survey.mei.prior import DiffusionPrior
 from survey.validation import check_int
 
@@ -120,8 +121,8 @@ def energy_guided_diffusion(
     *,
     adapt: Callable[[torch.Tensor], torch.Tensor],
     generator: torch.Generator,
-    steps: int = 100,
-    energy_scale: float = 10.0,
+    steps: int = EGG_STEPS,
+    energy_scale: float = EGG_ENERGY_SCALE,
     device: torch.device | str = "cpu",
     progress: Callable[[], object] | None = None,
 ) -> Sampling:

@@ -21,6 +21,7 @@ import torch
 
 from survey.errors import SurveyError
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
+from survey.mei.defaults import PRIOR_BATCH_SIZE, PRIOR_LR, PRIOR_STEPS, PRIOR_TIMESTEPS, PRIOR_WIDTHS
 
 PRIOR_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
 
@@ -101,9 +102,10 @@ class TrainedPrior:
         return diffusers_prior(self.unet, self.scheduler_config)
 
 
-def train_prior(patches: np.ndarray, *, widths: Sequence[int] = (16, 32, 32), steps: int = 3000,
-                batch_size: int = 32, lr: float = 2e-3, timesteps: int = 1000, seed: int = 0,
-                device: torch.device | str = "cpu", progress: Callable[[], object] | None = None) -> TrainedPrior:
+def train_prior(patches: np.ndarray, *, widths: Sequence[int] = PRIOR_WIDTHS, steps: int = PRIOR_STEPS,
+                batch_size: int = PRIOR_BATCH_SIZE, lr: float = PRIOR_LR, timesteps: int = PRIOR_TIMESTEPS,
+                seed: int = 0, device: torch.device | str = "cpu",
+                progress: Callable[[], object] | None = None) -> TrainedPrior:
     """Fit a `UNet2DModel` to predict ε on `patches` (n × C × S × S in [−1, 1]) by the simple loss of Ho et al.
     2020 (eq. 14) under diffusers' linear β schedule (Ho et al. 2020, §4); AdamW with a cosine-decayed rate; all
     randomness from `seed`; `progress` is called after each step."""

@@ -11,6 +11,11 @@ Metric = Literal["linear", "permutation", "cka", "stochastic", "conv"]
 Score = Literal["angular", "euclidean"]
 METRICS: tuple[str, ...] = get_args(Metric)
 SCORES: tuple[str, ...] = get_args(Score)
+# a configuration's defaults, for the engine, `pairwise` and the config alike
+DEFAULT_METRIC: Metric = "linear"
+DEFAULT_ALPHA = 1.0
+DEFAULT_SCORE: Score = "angular"
+DEFAULT_CENTER = True
 INPUT_NDIM = {"linear": 2, "permutation": 2, "cka": 2, "stochastic": 3, "conv": 4}
 INPUT_LAYOUT = {
     "linear": "stimuli × units", "permutation": "stimuli × units", "cka": "stimuli × units",

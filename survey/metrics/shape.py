@@ -33,7 +33,17 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from survey.errors import SurveyError
-from survey.metrics.configuration import INPUT_LAYOUT, INPUT_NDIM, Metric, Score, check_configuration
+from survey.metrics.configuration import (
+    DEFAULT_ALPHA,
+    DEFAULT_CENTER,
+    DEFAULT_METRIC,
+    DEFAULT_SCORE,
+    INPUT_LAYOUT,
+    INPUT_NDIM,
+    Metric,
+    Score,
+    check_configuration,
+)
 from survey.validation import real_array, resolve_device
 
 MAX_MAGNITUDE = 1e100  # larger |values| overflow float64 SVDs, smaller non-zero scales underflow them
@@ -142,7 +152,8 @@ class ShapeMetric:
     """
 
     def __init__(
-        self, metric: Metric = "linear", alpha: float = 1.0, score: Score = "angular", center: bool = True,
+        self, metric: Metric = DEFAULT_METRIC, alpha: float = DEFAULT_ALPHA, score: Score = DEFAULT_SCORE,
+        center: bool = DEFAULT_CENTER,
         device: str | torch.device | None = None,
     ) -> None:
         check_configuration(metric, alpha, score)
@@ -465,8 +476,9 @@ def distance(
 
 
 def pairwise(
-    reps: Sequence[object], metric: Metric = "linear", alpha: float = 1.0, score: Score = "angular",
-    center: bool = True, device: str | torch.device | None = None, names: Sequence[str] | None = None,
+    reps: Sequence[object], metric: Metric = DEFAULT_METRIC, alpha: float = DEFAULT_ALPHA,
+    score: Score = DEFAULT_SCORE, center: bool = DEFAULT_CENTER, device: str | torch.device | None = None,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """All pairwise distances of `reps` (m × n_i arrays, equal m, any widths) as a symmetric N × N array."""
     names = list(names) if names is not None else [f"reps[{i}]" for i in range(len(reps))]

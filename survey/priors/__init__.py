@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from survey.images import png_bytes
 from survey.mei.egg import energy_guided_diffusion
 from survey.mei.prior import TrainedPrior, prior_patches, radial_power_slope, train_prior
-from survey.mei.tracking import png_bytes
 
 FOLDER = Path(__file__).resolve().parent
 

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from survey.report.findings import group_means
+
 Columns = dict[str, np.ndarray]
 
 OBJECTIVE_COLOURS = {"supervised": "tab:blue", "contrastive": "tab:orange", "untrained": "tab:grey",
@@ -26,13 +28,8 @@ def depth_bin(depth: np.ndarray) -> np.ndarray:
     return (index + 0.5) / DEPTH_BINS
 
 
-def grouped_means(keys: Sequence[np.ndarray], values: np.ndarray) -> dict[tuple, float]:
-    """Mean of `values` (NaN ignored) for each distinct tuple of `keys`."""
-    sums: dict[tuple, list[float]] = {}
-    for key, value in zip(zip(*keys, strict=True), np.asarray(values, dtype=np.float64), strict=True):
-        if np.isfinite(value):
-            sums.setdefault(tuple(key), []).append(value)
-    return {key: float(np.mean(items)) for key, items in sums.items()}
+def _grouped_means(keys: Sequence[np.ndarray], values: np.ndarray) -> dict[tuple, float]:
+    return dict(zip(*group_means(values, *keys), strict=True))
 
 
 def _frame(panels: int, rows: int = 1, width: float = 4.2, height: float = 3.4) -> tuple[Figure, np.ndarray]:
@@ -111,7 +108,7 @@ def distance_heatmap(data: Columns) -> Figure:
 
 def _objective_lines(axis, data: Columns, chosen: np.ndarray, value: str) -> None:
     """One line per objective: the mean of `value` over the `chosen` rows in each depth bin."""
-    means = grouped_means((data["objective"][chosen], depth_bin(data["depth"][chosen])), data[value][chosen])
+    means = _grouped_means((data["objective"][chosen], depth_bin(data["depth"][chosen])), data[value][chosen])
     for objective in sorted({key[0] for key in means}):
         depths = sorted(key[1] for key in means if key[0] == objective)
         axis.plot(depths, [means[(objective, d)] for d in depths], marker="o", markersize=3,
@@ -123,7 +120,7 @@ def _curves_by_depth(axis, data: Columns, value: str, *, areas: bool = True) -> 
     network = data["source_kind"] == "network"
     _objective_lines(axis, data, network, value)
     if areas and (~network).any():
-        area_means = grouped_means((data["layer_or_area"][~network], data["depth"][~network].astype(float)),
+        area_means = _grouped_means((data["layer_or_area"][~network], data["depth"][~network].astype(float)),
                                    data[value][~network])
         for (area, depth), mean in sorted(area_means.items(), key=lambda item: item[0][1]):
             axis.scatter([depth], [mean], s=90, marker="*", edgecolor="black", linewidth=0.6,
@@ -172,7 +169,7 @@ def signatures(data: Columns) -> Figure:
         for row, curve in enumerate(("n_loop", "n_line")):
             axis = axes[row, column]
             series = data["layer_or_area"] if recorded else depth_bin(data["depth"])
-            means = grouped_means((series[chosen], data["level"][chosen]), data[curve][chosen])
+            means = _grouped_means((series[chosen], data["level"][chosen]), data[curve][chosen])
             for name in sorted({key[0] for key in means}, key=lambda n: data["depth"][chosen][series[chosen] == n][0]):
                 levels = sorted(key[1] for key in means if key[0] == name)
                 style = ({"color": colour(name, AREA_COLOURS), "label": name} if recorded else

@@ -117,11 +117,19 @@ def depth_trend(depth: np.ndarray, value: np.ndarray, groups: np.ndarray) -> tup
     return float(np.median(finite)), len(finite)
 
 
-def group_means(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The sorted distinct groups and the mean of `values` (n, or n × d rows) within each."""
-    values, groups = np.asarray(values, np.float64), np.asarray(groups)
-    keys = np.unique(groups)
-    return keys, np.stack([values[groups == key].mean(axis=0) for key in keys])
+def group_means(values: np.ndarray, *keys: np.ndarray) -> tuple[list[tuple], np.ndarray]:
+    """The report's one grouped mean (its figures' and its findings'): the distinct tuples of `keys` (sorted) and the
+    mean of `values` (n, or n × d rows) within each, over the rows whose values are all finite (NULL or NaN)."""
+    values = np.asarray(values, np.float64)
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    rows = list(zip(*(np.asarray(key)[finite].tolist() for key in keys), strict=True))
+    groups = sorted(set(rows))
+    position = {group: i for i, group in enumerate(groups)}
+    inverse = np.array([position[row] for row in rows], dtype=np.int64)
+    sums = np.zeros((len(groups), *values.shape[1:]))
+    np.add.at(sums, inverse, values[finite])
+    counts = np.bincount(inverse, minlength=len(groups)).reshape(-1, *[1] * (values.ndim - 1))
+    return groups, sums / counts
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
@@ -199,17 +207,27 @@ Rows = dict[str, np.ndarray]
 Outcome = tuple[float, bool, str]  # value, holds, note
 
 
+def query_columns(connection: duckdb.DuckDBPyConnection, sql: str) -> Rows:
+    """`sql`'s result as one NumPy array per column, the report's one reader (its figures' and its findings'): NULL
+    is NaN in a float column and None in any other."""
+    columns = {}
+    for name, values in connection.execute(sql).fetchnumpy().items():
+        if np.ma.isMaskedArray(values):
+            values = (np.ma.filled(values, np.nan) if values.dtype.kind == "f"
+                      else np.where(np.ma.getmaskarray(values), None, np.ma.getdata(values).astype(object)))
+        columns[name] = np.asarray(values)
+    return columns
+
+
 def _fetch(connection: duckdb.DuckDBPyConnection, sql: str, tables: tuple[str, ...]) -> Rows:
-    """`sql`'s result as one array per column; NotApplicable naming the empty table when there are no rows."""
-    cursor = connection.execute(sql)
-    names = [column[0] for column in cursor.description]
-    rows = cursor.fetchall()
-    if not rows:
+    """`query_columns`; NotApplicable naming the empty table when there are no rows."""
+    rows = query_columns(connection, sql)
+    if not len(next(iter(rows.values()), ())):
         empty = [t for t in tables if connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0]
         raise NotApplicable(f"table {empty[0]} is empty" if len(empty) == 1
                             else f"tables {', '.join(empty)} are empty" if empty
                             else f"no rows of {', '.join(tables)} fit the query")
-    return {name: np.asarray([row[i] for row in rows]) for i, name in enumerate(names)}
+    return rows
 
 
 def _float(rows: Rows, column: str) -> np.ndarray:
@@ -230,10 +248,12 @@ def _areas(rows: Rows, values: np.ndarray, what: str) -> tuple[list[str], np.nda
     sessions = rows["source_kind"] == "session"
     if len(np.unique(rows["layer_or_area"][sessions])) < 2:
         raise NotApplicable(f"{what} holds {'no' if not sessions.any() else 'one'} recorded area; the order needs ≥ 2")
-    names, means = group_means(values[sessions], rows["layer_or_area"][sessions])
-    _, depths = group_means(_float(rows, "depth")[sessions], rows["layer_or_area"][sessions])
+    areas = rows["layer_or_area"][sessions]
+    names, means = group_means(values[sessions], areas)
+    depth_of = dict(zip(*group_means(_float(rows, "depth")[sessions], areas), strict=True))
+    depths = np.array([depth_of[name] for name in names])
     order = np.argsort(depths, kind="stable")
-    return [str(names[i]) for i in order], depths[order], means[order], len(np.unique(rows["source_id"][sessions]))
+    return [str(names[i][0]) for i in order], depths[order], means[order], len(np.unique(rows["source_id"][sessions]))
 
 
 # ---- Williams et al. 2021 -----------------------------------------------------------------------------------------

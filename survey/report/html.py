@@ -10,12 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from matplotlib.figure import Figure
 
 from survey.catalog import Warehouse, connect
 from survey.report import figures
-from survey.report.findings import Finding, findings
+from survey.report.findings import Finding, findings, query_columns
 
 NETWORK_OBJECTIVE = """LEFT JOIN networks n ON r.source_kind = 'network' AND n.network_id = r.source_id"""
 NEWEST_SPACE = "(SELECT space_id, name, metric, alpha, stimset_id FROM spaces ORDER BY created DESC, name LIMIT 1)"
@@ -114,12 +113,6 @@ SECTIONS = (
 )
 
 
-def _columns(connection, sql: str) -> dict[str, np.ndarray]:
-    result = connection.execute(sql).fetchnumpy()
-    return {name: np.ma.filled(values, np.nan) if np.ma.isMaskedArray(values) and values.dtype.kind == "f"
-            else np.asarray(values) for name, values in result.items()}
-
-
 def build_report(warehouse: Warehouse, out: str | Path) -> tuple[Path, list[Finding]]:
     """Write `out`/index.html and its figures from `warehouse`'s catalogs; return its path and the findings."""
     out = Path(out)
@@ -127,7 +120,7 @@ def build_report(warehouse: Warehouse, out: str | Path) -> tuple[Path, list[Find
     connection = connect(warehouse)
     parts = []
     for section in SECTIONS:
-        data = _columns(connection, section.sql)
+        data = query_columns(connection, section.sql)
         body = f'<p class="empty">No rows yet: the <code>{section.stage}</code> stage fills this figure.</p>'
         if len(next(iter(data.values()), ())):
             figure = section.draw(data, warehouse.load_array) if section.loads_arrays else section.draw(data)

@@ -132,6 +132,7 @@ class RayExecutor:
         import ray
 
         self._pool()
+        shipped = ray.put(stage)  # sent once, not with every unit
         queue = list(reversed(units))  # popped from the end: units run in the planned order
         running: dict = {}  # ObjectRef -> (actor, unit)
         next_check = time.monotonic() + self.POLL_S
@@ -141,7 +142,7 @@ class RayExecutor:
             idle = [actor for actor in self._ready if id(actor) not in busy]
             while queue and idle:
                 actor, unit = idle.pop(0), queue.pop()
-                running[actor.run.remote(stage, unit, warehouse.uri, info)] = (actor, unit)
+                running[actor.run.remote(shipped, unit, warehouse.uri, info)] = (actor, unit)
             if not running:  # no actor placed yet (the cluster may be scaling up): wait, as Ray itself would
                 if self._starting:
                     ray.wait(list(self._starting), num_returns=1, timeout=self.POLL_S, fetch_local=False)

@@ -64,6 +64,27 @@ class StageReport:
     rows: dict[str, int] = field(default_factory=dict)
 
 
+def execute(config: SurveyConfig, warehouse: str, stages: tuple[str, ...] | None = None,
+            executor: str | None = None) -> None:
+    """The runner's entry point for the CLI and Ray jobs: run `config` (on `executor`, local or ray, when given, else
+    the config's) into the warehouse at `warehouse`, and print what each stage did."""
+    from rich.table import Table
+
+    from survey.display import console
+
+    start = time.perf_counter()
+    if executor is not None:
+        config = config.model_copy(update={"executor": config.executor.model_copy(update={"kind": str(executor)})})
+    store = Warehouse(warehouse)
+    reports = run_survey(config, store, stages=stages)
+    table = Table("stage", "units", "run now", "rows written", "seconds", title=f"survey {config.name!r}")
+    for report in reports:
+        rows = ", ".join(f"{name} {count}" for name, count in sorted(report.rows.items())) or "-"
+        table.add_row(report.stage, str(report.units_total), str(report.units_run), rows, f"{report.seconds:.1f}")
+    console.print(table)
+    console.print(f"finished in {time.perf_counter() - start:.1f} s; warehouse: {store.uri}")
+
+
 def run_survey(
     config: SurveyConfig,
     warehouse: Warehouse,

@@ -21,13 +21,13 @@ import numpy as np
 
 from survey.catalog import Warehouse, connect
 from survey.catalog.distances import StoredPairs
+from survey.catalog.prepared import REP_COLUMNS, load_prepared, metric_input
 from survey.config import DistanceMetric
 from survey.embedding import LandmarkMDS
 from survey.errors import SurveyError
-from survey.metric_inputs import REP_COLUMNS, load_prepared, metric_input
 from survey.metrics.shape import INPUT_LAYOUT, INPUT_NDIM, Prepared, ShapeMetric, check_representation
-from survey.search.index import VectorIndex
 from survey.validation import resolve_device
+from survey.vector_index import VectorIndex
 
 SHORTLIST = 100  # FAISS candidates reranked per query (at least 10 k): a family of related representations
 # larger than the shortlist is ordered poorly by the embedding alone (benchmarks/search_recall.py)

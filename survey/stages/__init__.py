@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from survey import __version__
 from survey.catalog import Warehouse
+from survey.catalog.provenance import RunInfo
 from survey.config import SurveyConfig
 
 
@@ -28,16 +28,6 @@ class WorkUnit:
     key: str
     label: str
     payload: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    run_id: str
-    threads: int = 1
-    code_version: str = __version__
-
-    def provenance(self) -> dict[str, str]:
-        return {"run_id": self.run_id, "code_version": self.code_version}
 
 
 class Stage(ABC):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from survey.activations import extract
 from survey.catalog import Warehouse
+from survey.catalog.networks import load_network
+from survey.catalog.stimuli import load_images, stimset_rows
 from survey.hashing import canonical_json, content_key
 from survey.stages import RunInfo, Stage, WorkUnit
-from survey.stages.networks import load_network
-from survey.stages.stimuli import load_images, stimset_rows
 from survey.validation import resolve_device
 
 
@@ -38,7 +38,7 @@ class ActivationsStage(Stage):
         module, preprocessing = load_network(network, warehouse)
         layers = network["layers"]
         outputs = extract(
-            module, load_images(warehouse.uri, stimset["uri"]), layers, batch_size=settings.batch_size,
+            module, load_images(warehouse, stimset["uri"]), layers, batch_size=settings.batch_size,
             device=resolve_device(settings.device), spatial_pool=settings.spatial_pool,
             keep_spatial=settings.keep_spatial, **preprocessing,
         )

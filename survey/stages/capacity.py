@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from survey.catalog import Warehouse
+from survey.catalog.stimuli import catalog_stimulus_sets, load_labels
 from survey.errors import NotApplicable
 from survey.hashing import content_key
 from survey.metrics.alignment import decodability, manifold_alignment
 from survey.metrics.capacity import manifold_capacity, simulated_capacity
 from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none, torch_threads
-from survey.stages.stimuli import catalog_stimulus_sets, load_labels
 
 
 def split_manifolds(responses: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
@@ -53,7 +53,7 @@ class CapacityStage(Stage):
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         settings = self.config.capacity
         rep = unit.payload["rep"]
-        labels = load_labels(warehouse.uri, unit.payload["stimset_uri"])
+        labels = load_labels(warehouse, unit.payload["stimset_uri"])
         manifolds = split_manifolds(warehouse.load_array(rep["array_uri"]), labels)
         base = {"rep_id": rep["rep_id"], "manifold_set": rep["stimset_id"], **info.provenance()}
         with torch_threads(info.threads):

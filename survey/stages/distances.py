@@ -11,20 +11,22 @@ gets a space and search (DESIGN §5.4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from survey.catalog import Warehouse
 from survey.catalog.distances import landmark_sequence, metric_filter
+from survey.catalog.prepared import REP_COLUMNS, eligible, load_prepared
+from survey.catalog.stimuli import catalog_stimulus_sets
 from survey.config import DistanceMetric
+from survey.embedding import fold_nearest
 from survey.errors import SurveyError
 from survey.hashing import canonical_json, content_key
-from survey.metric_inputs import REP_COLUMNS, eligible, load_prepared
 from survey.metrics.shape import ShapeMetric, all_pairs
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
-from survey.stages.stimuli import catalog_stimulus_sets
 from survey.validation import resolve_device
 
 FIRST_LANDMARK_SEED = 0
@@ -60,6 +62,37 @@ def stable_blocks(warehouse: Warehouse, stimset_id: str, rep_ids: list[str], siz
             return blocks + fresh
 
 
+@dataclass
+class LandmarkSelection:
+    """One landmark selection as this process has followed it: the frozen landmarks by round, the row units of each
+    (planned once), how many of those rounds are known committed, each candidate's distance to its nearest landmark,
+    and the data files of `distance_landmarks` and `shape_distances` read into these. A new process rebuilds it once
+    from the stored rows."""
+
+    candidates: list[str]
+    members: dict[str, dict]  # the representation rows the units carry, shared by every round's units
+    picks: dict[int, str] = field(default_factory=dict)
+    rounds: list[list[WorkUnit]] = field(default_factory=list)
+    committed: int = 0
+    landmark_files: set[str] = field(default_factory=set)
+    distance_files: set[str] = field(default_factory=set)
+
+    def sequence(self, warehouse: Warehouse, metric: DistanceMetric, stimset_id: str) -> list[str]:
+        """The frozen landmarks in the order picked (`landmark_sequence`), reading only the files stored since."""
+        stored = warehouse.read_new_files("distance_landmarks", self.landmark_files, ["round", "rep_id"],
+                                          metric_filter(metric, stimset_id))
+        self.picks.update(zip(stored["round"].to_pylist(), stored["rep_id"].to_pylist(), strict=True))
+        return [self.picks[round_] for round_ in sorted(self.picks)]
+
+    def __post_init__(self) -> None:
+        self.nearest = np.full(len(self.candidates), np.inf)
+        self._ids = pa.array(self.candidates, pa.string())
+
+    def items(self, rep_ids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
+        """Indices of `rep_ids` among the candidates, −1 where not one."""
+        return pc.fill_null(pc.index_in(rep_ids, value_set=self._ids), -1).to_numpy()
+
+
 class DistancesStage(Stage):
     name = "distances"
     section = "distances"
@@ -70,7 +103,11 @@ class DistancesStage(Stage):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self._nearest: dict[tuple, tuple[int, np.ndarray]] = {}  # landmarks mode: rounds folded, min distance
+        self._selections: dict[tuple, LandmarkSelection] = {}  # landmarks mode, by configuration and candidates
+
+    def __getstate__(self) -> dict:
+        """What a worker gets: it runs units and plans nothing, so the landmark selections stay with the planner."""
+        return {**self.__dict__, "_selections": {}}
 
     @property
     def iterative(self) -> bool:
@@ -89,12 +126,12 @@ class DistancesStage(Stage):
                 continue
             blocks = stable_blocks(warehouse, stimset["stimset_id"], list(members), settings.tile_size, info)
             for metric in settings.metrics:
-                sequence = landmark_sequence(warehouse, metric, stimset["stimset_id"])
-                self._check_mode(warehouse, metric, stimset, sequence)
                 if settings.pairs == "all":
+                    self._check_mode(warehouse, metric, stimset, landmark_sequence(warehouse, metric,
+                                                                                   stimset["stimset_id"]))
                     units += self._tiles(metric, stimset, blocks, members)
                 else:
-                    units += self._landmark_rows(warehouse, metric, stimset, blocks, members, sequence, info)
+                    units += self._landmark_rows(warehouse, metric, stimset, blocks, members, info)
         return units
 
     def recipe(self, metric: DistanceMetric) -> dict:
@@ -119,17 +156,42 @@ class DistancesStage(Stage):
         return units
 
     def _landmark_rows(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, blocks: list[Block],
-                       members: dict, sequence: list[str], info: RunInfo) -> list[WorkUnit]:
-        """The row units of every frozen landmark; once they are all committed, the next landmark and its row."""
+                       members: dict, info: RunInfo) -> list[WorkUnit]:
+        """The row units of every frozen landmark; once they are all committed, the next landmark and its row.
+
+        A round costs the same however many came before: rows already planned are reused, committed rounds are not
+        checked again, and the nearest-landmark distances fold in only the data files stored since (DESIGN §5.4)."""
         settings, stimset_id = self.options, stimset["stimset_id"]
         candidates = sorted(rep for rep in members if eligible(metric.metric, members[rep]))
-        units = [unit for r in range(len(sequence)) for unit in self._row_units(metric, stimset, blocks, members,
-                                                                                 sequence, r)]
-        wanted = min(settings.landmarks, len(candidates))
-        if len(sequence) >= wanted or not units_done(warehouse, self.table, units):
+        state_key = (canonical_json(self.recipe(metric)), stimset_id, tuple(candidates),
+                     tuple(block.block_id for block in blocks))
+        selection = self._selections.setdefault(state_key, LandmarkSelection(candidates, members))
+
+        def planned(sequence: list[str]) -> list[WorkUnit]:
+            while len(selection.rounds) < len(sequence):  # the sequence is frozen: a planned round never changes
+                selection.rounds.append(self._row_units(metric, stimset, blocks, selection.members, sequence,
+                                                        len(selection.rounds)))
+            return [unit for round_units in selection.rounds for unit in round_units]
+
+        sequence = selection.sequence(warehouse, metric, stimset_id)
+        self._check_mode(warehouse, metric, stimset, sequence)
+        units = planned(sequence)
+        if len(sequence) >= min(settings.landmarks, len(candidates)):
+            return units
+        done = warehouse.done_keys(self.table)
+        while selection.committed < len(sequence) and all(unit.key in done
+                                                          for unit in selection.rounds[selection.committed]):
+            selection.committed += 1
+        if selection.committed < len(sequence):
             return units
         if sequence:
-            pick = candidates[int(np.argmax(self._fold(warehouse, metric, stimset_id, candidates, sequence, units)))]
+            stored = warehouse.read_new_files(self.table, selection.distance_files, ["rep_a", "rep_b", "distance"],
+                                              metric_filter(metric, stimset_id))
+            fold_nearest(selection.nearest, selection.items(stored["rep_a"]), selection.items(stored["rep_b"]),
+                         stored["distance"].to_numpy())
+            landmarks = selection.items(sequence)
+            selection.nearest[landmarks[landmarks >= 0]] = -np.inf
+            pick = candidates[int(np.argmax(selection.nearest))]
         else:
             pick = candidates[int(np.random.default_rng(FIRST_LANDMARK_SEED).integers(len(candidates)))]
         round_ = len(sequence) + 1
@@ -137,8 +199,7 @@ class DistancesStage(Stage):
         warehouse.append_unit("distance_landmarks", key, [{
             "stimset_id": stimset_id, "metric": metric.metric, "alpha": metric.alpha, "score_method": metric.score,
             "center": metric.center, "round": round_, "rep_id": pick, **info.provenance()}])
-        sequence = landmark_sequence(warehouse, metric, stimset_id)  # ours, or a concurrent planner's pick
-        return units + self._row_units(metric, stimset, blocks, members, sequence, round_ - 1)
+        return planned(selection.sequence(warehouse, metric, stimset_id))  # ours, or a concurrent planner's pick
 
     def _row_units(self, metric: DistanceMetric, stimset: dict, blocks: list[Block], members: dict,
                    sequence: list[str], r: int) -> list[WorkUnit]:
@@ -156,24 +217,6 @@ class DistancesStage(Stage):
                     "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": [members[landmark]],
                     "cols": cols, "round": r}))
         return units
-
-    def _fold(self, warehouse: Warehouse, metric: DistanceMetric, stimset_id: str, candidates: list[str],
-              sequence: list[str], units: list[WorkUnit]) -> np.ndarray:
-        """Each candidate's distance to its nearest landmark (landmarks −inf), folding in only the rows not folded
-        by an earlier round of this run (a resumed run folds every stored row once)."""
-        state_key = (canonical_json(self.recipe(metric)), stimset_id, tuple(candidates))
-        folded, nearest = self._nearest.get(state_key, (0, np.full(len(candidates), np.inf)))
-        new_keys = [unit.key for unit in units if unit.payload["round"] >= folded]
-        index = {rep: i for i, rep in enumerate(candidates)}
-        rows = warehouse.dataset(self.table).to_table(columns=["rep_a", "rep_b", "distance"],
-                                                      filter=pc.field("unit_key").isin(new_keys))
-        for a, b, value in zip(*(rows[c].to_pylist() for c in ("rep_a", "rep_b", "distance")), strict=True):
-            for rep in (a, b):
-                if rep in index:
-                    nearest[index[rep]] = min(nearest[index[rep]], value)
-        nearest[[index[rep] for rep in sequence if rep in index]] = -np.inf
-        self._nearest[state_key] = (len(sequence), nearest)
-        return nearest
 
     def _check_mode(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, sequence: list[str]) -> None:
         """One metric configuration is computed in one mode: tiles after landmark rows (or landmark rows after
@@ -211,7 +254,3 @@ class DistancesStage(Stage):
                 "distance": float(value), **info.provenance(),
             })
         return {self.table: warehouse.append_unit(self.table, unit.key, out)}
-
-
-def units_done(warehouse: Warehouse, table: str, units: list[WorkUnit]) -> bool:
-    return not units or {unit.key for unit in units} <= warehouse.done_keys(table)

@@ -15,19 +15,18 @@ import pyarrow.dataset as pads
 import torch
 
 from survey.catalog import Warehouse, query_catalog, read_only
+from survey.catalog.models import check_prior, configured_prior, load_prior, load_readout, prior_identity
+from survey.catalog.networks import load_network
+from survey.catalog.stimuli import catalog_stimulus_sets, load_images
+from survey.catalog.tracking import Tracker, default_tracking_uri
 from survey.config import ActivationsConfig, MeiTargets
 from survey.errors import SurveyError, one_line
 from survey.hashing import content_key
 from survey.mei.ascent import best_of_seeds, gradient_ascent, project_to_norm
 from survey.mei.egg import Adapter, NonFiniteEnergyError, energy_guided_diffusion
 from survey.mei.targets import EncodingModel, LayerResponses, RowTargets, closest_units
-from survey.mei.tracking import Tracker, default_tracking_uri
 from survey.progress import step_bar
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
-from survey.stages.networks import load_network
-from survey.stages.predictivity import load_readout
-from survey.stages.prior import PriorStage, check_prior, load_prior, prior_identity
-from survey.stages.stimuli import catalog_stimulus_sets, load_images
 from survey.stimuli import NaturalPatches
 from survey.validation import resolve_device
 
@@ -243,7 +242,7 @@ class MeiStage(Stage):
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
         settings = self.options
         stimset = next(iter(catalog_stimulus_sets(warehouse, (settings.stimuli,), "mei.stimuli").values()))
-        images = load_images(warehouse.uri, stimset["uri"])
+        images = load_images(warehouse, stimset["uri"])
         grey, norm = grey_and_norm(images)
         norm = settings.norm or norm
         catalog = target_catalog(warehouse)
@@ -259,7 +258,7 @@ class MeiStage(Stage):
                                   f"from 0 to {responses.shape[1] - 1} (got {sorted(group['targets'])})")
         prior = None
         if "egg" in settings.methods:  # the config's own prior when it trains one, else the catalog's
-            configured = PriorStage(self.config).plan(warehouse, info)[0].key if self.config.prior else None
+            configured = configured_prior(warehouse, self.config.prior)[0] if self.config.prior else None
             prior = prior_identity(warehouse, settings.egg.prior, shape[-1], configured)
         units = []
         for group in groups:
@@ -362,7 +361,7 @@ class MeiStage(Stage):
             images, activation, history, seconds = self.optimise(objective, unit, warehouse, device, targets)
             natural = (natural_baseline(responses.to(device), shape, grey, payload["norm"],
                                         settings.natural_patches, device) if settings.natural_patches else None)
-            stimuli = torch.from_numpy(load_images(warehouse.uri, payload["stimset_uri"])
+            stimuli = torch.from_numpy(load_images(warehouse, payload["stimset_uri"])
                                        - grey.numpy()[None, :, None, None]).to(device)
             with torch.no_grad():
                 target_responses = dict(zip(targets, responses(stimuli)[:, targets].T.cpu().numpy(), strict=True))

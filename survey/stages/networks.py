@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,6 @@ from torch import nn
 from survey.catalog import Warehouse
 from survey.config import ExternalNetwork
 from survey.hashing import content_key, file_hash
-from survey.sources.checkpoints import load_into
 from survey.sources.external import build_external, check_layers
 from survey.sources.zoo import N_CLASSES, CellSpec, build_network, n_params, sample_spec, save_weights, train
 from survey.stages import RunInfo, Stage, WorkUnit
@@ -97,25 +95,6 @@ class NetworksStage(Stage):
         row.update(network_id=unit.key, spec=json.dumps(spec, sort_keys=True), n_params=n_params(module),
                    weights_uri=weights_uri, content_hash=digest, **info.provenance())
         return {self.table: warehouse.append_unit(self.table, unit.key, [row])}
-
-
-def load_network(row: dict, warehouse: Warehouse) -> tuple[nn.Module, dict]:
-    """The module of a `networks` row with its stored weights, and its preprocessing (cached per process)."""
-    return _load_network(warehouse.uri, row["family"], row["spec"], row["weights_uri"], row["content_hash"])
-
-
-@lru_cache(maxsize=4)  # an MEI unit holds its network and its two evaluation networks
-def _load_network(
-    warehouse_uri: str, family: str, spec_json: str, weights_uri: str, content_hash: str
-) -> tuple[nn.Module, dict]:
-    spec = json.loads(spec_json)
-    with Warehouse(warehouse_uri).local_copy(weights_uri) as weights:
-        if family == "zoo":
-            module = build_network(CellSpec.model_validate(spec["cell"]), spec["n_classes"])
-            load_into(module, weights)
-            return module, {"input_size": spec["task_size"], "mean": None, "std": None}
-        module = build_external(spec["kind"], spec["target"], spec["kwargs"], weights)
-        return module, {name: spec[name] for name in ("input_size", "mean", "std")}
 
 
 def _zoo_layers(spec: CellSpec, wanted: str | tuple[str, ...], name: str) -> tuple[str, ...]:

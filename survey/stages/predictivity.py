@@ -8,22 +8,12 @@ from collections import defaultdict
 import numpy as np
 
 from survey.catalog import Warehouse
+from survey.catalog.models import save_readout
+from survey.catalog.stimuli import catalog_stimulus_sets
 from survey.errors import NotApplicable
 from survey.hashing import content_key
 from survey.metrics.predictivity import Readout, fit_readout, neural_predictivity, split_half_reliability
 from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none
-from survey.stages.stimuli import catalog_stimulus_sets
-
-
-def save_readout(warehouse: Warehouse, key: str, readout: Readout) -> str:
-    """Store a fitted readout as ``arrays/readouts/<key>.npz``; returns its uri."""
-    return warehouse.put_npz(f"arrays/readouts/{key}.npz", {
-        "mean": readout.mean, "scale": readout.scale, "weights": readout.weights, "bias": readout.bias,
-        "penalty": readout.penalty})
-
-
-def load_readout(warehouse: Warehouse, uri: str) -> Readout:
-    return Readout(**warehouse.load_npz(uri))
 
 
 class PredictivityStage(Stage):

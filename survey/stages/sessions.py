@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from survey.catalog import Warehouse
+from survey.catalog.stimuli import load_images, stimset_rows
 from survey.config import NWBSession
 from survey.errors import SurveyError
 from survey.hashing import content_key, file_hash, stable_hash
 from survey.sources.nwb import RecordedSession, read_session
 from survey.sources.synthetic import write_session
 from survey.stages import RunInfo, Stage, WorkUnit
-from survey.stages.stimuli import load_images, stimset_rows
 
 # Relative depth of the areas of the primate ventral stream, so that areas and layers share an axis.
 AREA_DEPTH = {"V1": 0.0, "V2": 0.25, "V4": 0.5, "IT": 1.0}
@@ -71,7 +71,7 @@ class SessionsStage(Stage):
             recorded = _read(nwb)
             return self._ingest(unit, recorded, sets, str(Path(nwb.path).absolute()), False, warehouse, info)
         synthetic = self.config.sessions.synthetic
-        images = {name: load_images(warehouse.uri, row["uri"]) for name, row in sets.items()}
+        images = {name: load_images(warehouse, row["uri"]) for name, row in sets.items()}
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, f"{unit.label}.nwb")
             write_session(

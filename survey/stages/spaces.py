@@ -19,14 +19,14 @@ import pyarrow as pa
 
 from survey.catalog import Warehouse
 from survey.catalog.distances import landmark_sequence, metric_filter
+from survey.catalog.prepared import REP_COLUMNS, eligible
+from survey.catalog.stimuli import catalog_stimulus_sets
 from survey.config import SpaceSpec
 from survey.embedding import LandmarkMDS, maxmin_landmarks, pair_stress
 from survey.errors import SurveyError
 from survey.hashing import content_key
-from survey.metric_inputs import REP_COLUMNS, eligible
-from survey.search.index import VectorIndex
 from survey.stages import RunInfo, Stage, WorkUnit
-from survey.stages.stimuli import catalog_stimulus_sets
+from survey.vector_index import VectorIndex
 
 SPACE_VERSION = 2
 STRESS_SAMPLE = 20_000  # stored pairs the stress is measured on

@@ -12,10 +12,10 @@ import math
 import numpy as np
 
 from survey.catalog import Warehouse
+from survey.catalog.stimuli import catalog_stimulus_sets
 from survey.hashing import content_key
 from survey.metrics.topology import level_isotropy, noise_sigma, signature, signature_reliability, smooth_to_noise
 from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none
-from survey.stages.stimuli import catalog_stimulus_sets
 
 
 def tuning_maps(responses: np.ndarray, side: int) -> np.ndarray:

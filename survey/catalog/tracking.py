@@ -19,8 +19,9 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from survey.catalog import Warehouse
+from survey.catalog.warehouse import Warehouse
 from survey.errors import SurveyError
+from survey.images import png_bytes
 
 KEY_TAG = "neurosurvey.key"
 EXPERIMENT = "neurosurvey-mei"
@@ -76,18 +77,6 @@ def _inside(location: str | None, folder: Path) -> bool:
     if parsed.scheme not in ("", "file"):
         return False
     return Path(unquote(parsed.path)).is_relative_to(folder)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """A C × H × W image (any range) as PNG bytes, min–max scaled to 0…255 (grey for C = 1, RGB for C = 3)."""
-    from PIL import Image
-
-    low, high = float(image.min()), float(image.max())
-    scaled = np.zeros_like(image) if high <= low else (image - low) / (high - low)
-    pixels = np.ascontiguousarray((np.moveaxis(scaled, 0, -1) * 255).round().astype(np.uint8))
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class Tracker:

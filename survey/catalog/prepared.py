@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from survey.activations import pool_positions
-from survey.catalog import Warehouse
+from survey.catalog.warehouse import Warehouse
 from survey.errors import SurveyError
 from survey.hashing import content_key
 from survey.metrics.shape import Prepared, ShapeMetric
