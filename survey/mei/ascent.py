@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from survey.errors import SurveyError
 from survey.mei.defaults import GA_BLUR_SIGMA, GA_LR, GA_STEPS
-from survey.validation import check_int
+from survey.validation import check_int, resolve_device
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def gradient_ascent(
         raise SurveyError(f"lr={lr}, blur_sigma={blur_sigma}: pass lr > 0 and blur_sigma ≥ 0")
     channels, height, width = shape
     blur(torch.zeros(1, 1, height, width), blur_sigma)  # a sigma too wide for the images fails here, not mid-run
-    device = torch.device(device)
+    device = resolve_device(device)
     if fourier:
         spectrum = fourier_scale(height, width).to(device, torch.float32)
         parameter = torch.randn((n_images, channels, height, width // 2 + 1, 2), generator=generator,

@@ -25,7 +25,7 @@ from survey.errors import SurveyError
 from survey.mei.ascent import device_clock, project_to_norm
 from survey.mei.defaults import EGG_ENERGY_SCALE, EGG_STEPS
 from survey.mei.prior import DiffusionPrior
-from survey.validation import check_int
+from survey.validation import check_int, resolve_device
 
 
 class NonFiniteEnergyError(SurveyError):
@@ -132,7 +132,7 @@ def energy_guided_diffusion(
     n_images = check_int("n_images", n_images, 1)
     if not (energy_scale >= 0 and math.isfinite(energy_scale)):
         raise SurveyError(f"energy_scale={energy_scale}: pass a finite scale ≥ 0")
-    device = torch.device(device)
+    device = resolve_device(device)
     schedule = sampling_steps(prior, check_int("steps", steps, 1))
     shape = (n_images, prior.channels, prior.size, prior.size)
     noisy = torch.randn(shape, generator=generator, device=device)

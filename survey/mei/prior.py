@@ -22,6 +22,7 @@ import torch
 from survey.errors import SurveyError
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
 from survey.mei.defaults import PRIOR_BATCH_SIZE, PRIOR_LR, PRIOR_STEPS, PRIOR_TIMESTEPS, PRIOR_WIDTHS
+from survey.validation import resolve_device
 
 PRIOR_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
 
@@ -113,7 +114,7 @@ def train_prior(patches: np.ndarray, *, widths: Sequence[int] = PRIOR_WIDTHS, st
 
     if patches.ndim != 4 or patches.shape[2] != patches.shape[3]:
         raise SurveyError(f"prior patches have shape {patches.shape}; pass n × C × S × S square images")
-    device = torch.device(device)
+    device = resolve_device(device)
     generator = torch.Generator(device).manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

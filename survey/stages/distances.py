@@ -76,6 +76,11 @@ class LandmarkSelection:
     committed: int = 0
     landmark_files: set[str] = field(default_factory=set)
     distance_files: set[str] = field(default_factory=set)
+    nearest: np.ndarray = field(init=False)  # each candidate's distance to its nearest landmark (−inf: a landmark)
+
+    def __post_init__(self) -> None:
+        self.nearest = np.full(len(self.candidates), np.inf)
+        self._ids = pa.array(self.candidates, pa.string())
 
     def sequence(self, warehouse: Warehouse, metric: DistanceMetric, stimset_id: str) -> list[str]:
         """The frozen landmarks in the order picked (`landmark_sequence`), reading only the files stored since."""
@@ -83,10 +88,6 @@ class LandmarkSelection:
                                           metric_filter(metric, stimset_id))
         self.picks.update(zip(stored["round"].to_pylist(), stored["rep_id"].to_pylist(), strict=True))
         return [self.picks[round_] for round_ in sorted(self.picks)]
-
-    def __post_init__(self) -> None:
-        self.nearest = np.full(len(self.candidates), np.inf)
-        self._ids = pa.array(self.candidates, pa.string())
 
     def items(self, rep_ids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
         """Indices of `rep_ids` among the candidates, −1 where not one."""
