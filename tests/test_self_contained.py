@@ -149,8 +149,8 @@ SQL_QUERIES = ("SELECT rep_id FROM representations LIMIT 2",
 
 
 def test_survey_sql_exits_cleanly_every_time(tiny_surveyed):
-    """100 fresh processes over an uncompacted warehouse (scans cut short by LIMIT used to abort, segfault or hang
-    at interpreter exit in about half the runs)."""
+    """40 fresh processes over an uncompacted warehouse (scans cut short by LIMIT used to abort, segfault or hang
+    at interpreter exit in about half the runs: 40 clean exits would be chance with odds of 1 in 10¹²)."""
     assert tiny_surveyed.mergeable_files("representations", 16 << 20) > 0  # many small files: not compacted
 
     def run(index: int) -> subprocess.CompletedProcess:
@@ -159,6 +159,6 @@ def test_survey_sql_exits_cleanly_every_time(tiny_surveyed):
                                "-w", tiny_surveyed.uri], capture_output=True, text=True, timeout=120)
 
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(run, range(100)))
-    assert [result.returncode for result in results] == [0] * 100, next(r.stderr for r in results if r.returncode)
+        results = list(pool.map(run, range(40)))
+    assert [result.returncode for result in results] == [0] * 40, next(r.stderr for r in results if r.returncode)
     assert all(len(result.stdout.splitlines()) >= 2 for result in results)
