@@ -21,11 +21,25 @@ def metric_filter(metric: DistanceMetric, stimset_id: str) -> pc.Expression:
             & (pc.field("center") == metric.center))
 
 
+class FrozenLandmarks:
+    """The frozen landmarks of one metric configuration on one stimulus set, followed as `distance_landmarks` grows:
+    each read takes in only the data files stored since the last."""
+
+    def __init__(self, metric: DistanceMetric, stimset_id: str) -> None:
+        self.filter = metric_filter(metric, stimset_id)
+        self.picks: dict[int, str] = {}  # by round
+        self.files: set[str] = set()
+
+    def read(self, warehouse: Warehouse) -> list[str]:
+        """The landmarks in the order they were picked."""
+        stored = warehouse.read_new_files("distance_landmarks", self.files, ["round", "rep_id"], self.filter)
+        self.picks.update(zip(stored["round"].to_pylist(), stored["rep_id"].to_pylist(), strict=True))
+        return [self.picks[round_] for round_ in sorted(self.picks)]
+
+
 def landmark_sequence(warehouse: Warehouse, metric: DistanceMetric, stimset_id: str) -> list[str]:
     """The frozen landmarks of one metric configuration on one stimulus set, in the order they were picked."""
-    rows = warehouse.dataset("distance_landmarks").to_table(columns=["round", "rep_id"],
-                                                            filter=metric_filter(metric, stimset_id)).to_pylist()
-    return [row["rep_id"] for row in sorted(rows, key=lambda row: row["round"])]
+    return FrozenLandmarks(metric, stimset_id).read(warehouse)
 
 
 class StoredPairs:

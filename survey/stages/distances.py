@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from survey.catalog import Warehouse
-from survey.catalog.distances import landmark_sequence, metric_filter
+from survey.catalog.distances import FrozenLandmarks, landmark_sequence, metric_filter
 from survey.catalog.prepared import REP_COLUMNS, eligible, load_prepared
 from survey.catalog.stimuli import catalog_stimulus_sets
 from survey.config import DistanceMetric
@@ -64,30 +64,21 @@ def stable_blocks(warehouse: Warehouse, stimset_id: str, rep_ids: list[str], siz
 
 @dataclass
 class LandmarkSelection:
-    """One landmark selection as this process has followed it: the frozen landmarks by round, the row units of each
-    (planned once), how many of those rounds are known committed, each candidate's distance to its nearest landmark,
-    and the data files of `distance_landmarks` and `shape_distances` read into these. A new process rebuilds it once
-    from the stored rows."""
+    """One landmark selection as this process has followed it: the frozen landmarks, the row units of each (planned
+    once), how many of those rounds are known committed, each candidate's distance to its nearest landmark, and the
+    data files of `shape_distances` folded into it. A new process rebuilds it once from the stored rows."""
 
     candidates: list[str]
     members: dict[str, dict]  # the representation rows the units carry, shared by every round's units
-    picks: dict[int, str] = field(default_factory=dict)
+    landmarks: FrozenLandmarks
     rounds: list[list[WorkUnit]] = field(default_factory=list)
     committed: int = 0
-    landmark_files: set[str] = field(default_factory=set)
     distance_files: set[str] = field(default_factory=set)
     nearest: np.ndarray = field(init=False)  # each candidate's distance to its nearest landmark (−inf: a landmark)
 
     def __post_init__(self) -> None:
         self.nearest = np.full(len(self.candidates), np.inf)
         self._ids = pa.array(self.candidates, pa.string())
-
-    def sequence(self, warehouse: Warehouse, metric: DistanceMetric, stimset_id: str) -> list[str]:
-        """The frozen landmarks in the order picked (`landmark_sequence`), reading only the files stored since."""
-        stored = warehouse.read_new_files("distance_landmarks", self.landmark_files, ["round", "rep_id"],
-                                          metric_filter(metric, stimset_id))
-        self.picks.update(zip(stored["round"].to_pylist(), stored["rep_id"].to_pylist(), strict=True))
-        return [self.picks[round_] for round_ in sorted(self.picks)]
 
     def items(self, rep_ids: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
         """Indices of `rep_ids` among the candidates, −1 where not one."""
@@ -166,7 +157,8 @@ class DistancesStage(Stage):
         candidates = sorted(rep for rep in members if eligible(metric.metric, members[rep]))
         state_key = (canonical_json(self.recipe(metric)), stimset_id, tuple(candidates),
                      tuple(block.block_id for block in blocks))
-        selection = self._selections.setdefault(state_key, LandmarkSelection(candidates, members))
+        selection = self._selections.setdefault(state_key, LandmarkSelection(candidates, members,
+                                                                             FrozenLandmarks(metric, stimset_id)))
 
         def planned(sequence: list[str]) -> list[WorkUnit]:
             while len(selection.rounds) < len(sequence):  # the sequence is frozen: a planned round never changes
@@ -174,7 +166,7 @@ class DistancesStage(Stage):
                                                         len(selection.rounds)))
             return [unit for round_units in selection.rounds for unit in round_units]
 
-        sequence = selection.sequence(warehouse, metric, stimset_id)
+        sequence = selection.landmarks.read(warehouse)
         self._check_mode(warehouse, metric, stimset, sequence)
         units = planned(sequence)
         if len(sequence) >= min(settings.landmarks, len(candidates)):
@@ -200,7 +192,7 @@ class DistancesStage(Stage):
         warehouse.append_unit("distance_landmarks", key, [{
             "stimset_id": stimset_id, "metric": metric.metric, "alpha": metric.alpha, "score_method": metric.score,
             "center": metric.center, "round": round_, "rep_id": pick, **info.provenance()}])
-        return planned(selection.sequence(warehouse, metric, stimset_id))  # ours, or a concurrent planner's pick
+        return planned(selection.landmarks.read(warehouse))  # ours, or a concurrent planner's pick
 
     def _row_units(self, metric: DistanceMetric, stimset: dict, blocks: list[Block], members: dict,
                    sequence: list[str], r: int) -> list[WorkUnit]:
