@@ -79,7 +79,7 @@ def demo(
     from survey.display import console
     from survey.runtime.survey import execute
 
-    execute(load_config(SMALL_DEMO_CONFIG if small else DEMO_CONFIG), warehouse, None, executor)
+    execute(load_config(SMALL_DEMO_CONFIG if small else DEMO_CONFIG), warehouse, executor=executor)
     store = Warehouse(warehouse)
     connection = connect(store)
     print_query(connection, "rows per table", " UNION ALL ".join(

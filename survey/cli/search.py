@@ -68,7 +68,7 @@ def index_build(
     config = one_stage_config("spaces", {"build": [spec]}, "--metric")
     from survey.runtime.survey import execute
 
-    execute(config, warehouse, None, executor)
+    execute(config, warehouse, executor=executor)
     rows = [row for row in SearchService(Warehouse(warehouse)).spaces() if row["name"] == config.spaces.build[0].label]
     print_table(["space_id", "name", "n_items", "dim", "n_landmarks", "landmarks_from", "negative_mass", "stress"],
                 rows[-1:], title="space")

@@ -49,7 +49,7 @@ def run(
         raise SurveyError(f"--stages: unknown stages {unknown}; choose from {', '.join(STAGE_NAMES)}")
     from survey.runtime.survey import execute
 
-    execute(load_config(config), warehouse, chosen, executor)
+    execute(load_config(config), warehouse, chosen, executor=executor)
 
 
 class PairsMode(StrEnum):
@@ -75,7 +75,7 @@ def distances(
                 **given(landmarks=landmarks, tile_size=tile_size)}
     from survey.runtime.survey import execute
 
-    execute(one_stage_config("distances", settings, "--metric"), warehouse, None, executor)
+    execute(one_stage_config("distances", settings, "--metric"), warehouse, executor=executor)
 
 
 @app.command()
@@ -121,7 +121,7 @@ def mei(
     config = one_stage_config("mei", settings)
     from survey.runtime.survey import execute
 
-    execute(config, warehouse, None, executor)
+    execute(config, warehouse, executor=executor)
     print_mei_summary(store, config.mei.mlflow_uri)
 
 
@@ -167,7 +167,7 @@ def zoo_build(
     config = SurveyConfig.model_validate({"name": "zoo", "zoo": zoo, "stages": ["networks"]})
     from survey.runtime.survey import execute
 
-    execute(config, warehouse, None, executor)
+    execute(config, warehouse, executor=executor)
 
 
 @prior_app.command("train")
@@ -197,7 +197,7 @@ def prior_train(
     config = one_stage_config("prior", prior)
     from survey.runtime.survey import execute
 
-    execute(config, warehouse, None, executor)
+    execute(config, warehouse, executor=executor)
     print_query(connect(store), "diffusion priors", """
         SELECT prior_id, size, channels, n_params, round(final_loss, 4) AS final_loss, round(seconds, 1) AS seconds,
                round(sample_slope, 2) AS sample_slope, round(patch_slope, 2) AS patch_slope, mlflow_run_id
@@ -231,7 +231,7 @@ def sessions_synth(
     })
     from survey.runtime.survey import execute
 
-    execute(config, warehouse, None, executor)
+    execute(config, warehouse, executor=executor)
 
 
 @app.command()
