@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 from survey.activations import extract
 from survey.catalog import TABLES, Warehouse, connect
 from survey.catalog.networks import load_network
+from survey.catalog.provenance import RunInfo
 from survey.catalog.stimuli import load_images
 from survey.config import parse_config
 from survey.runtime.survey import STAGE_ORDER, STAGES, run_survey
@@ -69,6 +71,37 @@ def test_tiny_survey_fills_every_table_and_resumes_without_duplicates(tmp_path, 
     second = run_survey(tiny_config, warehouse, progress=False)
     assert [r.units_run for r in second] == [0] * len(configured)
     assert table_counts(warehouse) == counts  # not even a `runs` row
+
+
+def _table_versions(warehouse: Warehouse) -> dict[str, int | None]:
+    """Each table's Delta version (None: never committed)."""
+    return {table: snapshot.version() if (snapshot := warehouse.delta(table)) else None for table in TABLES}
+
+
+def test_a_stage_version_bump_rebuilds_exactly_the_tables_of_that_stage(tmp_path, tiny_config, tiny_surveyed,
+                                                                         monkeypatch):
+    warehouse = Warehouse(shutil.copytree(tiny_surveyed.root, tmp_path / "wh"))
+    stage = STAGES["capacity"]
+    owned = (stage.table, *stage.writes_also)
+    before = catalog_fingerprint(warehouse)
+    versions = _table_versions(warehouse)
+    old_keys = {row["unit_key"] for row in warehouse.rows(stage.table, ["unit_key"])}
+
+    monkeypatch.setattr(stage, "version", stage.version + 1)
+    info = RunInfo(run_id="plan", threads=1)
+    planned = {unit.key: unit for unit in stage(tiny_config).plan(warehouse, info)}
+    assert all(set(unit.supersedes) & old_keys for unit in planned.values())  # each unit's old key is superseded
+    [report] = run_survey(tiny_config, warehouse, stages=("capacity",), progress=False)
+    assert report.units_run == report.units_total == len(planned) == len(old_keys)
+
+    for table in owned:  # one row per unit and per natural key, every one of the new version
+        rows = warehouse.rows(table, ["unit_key", "rep_id", "manifold_set"])
+        assert sorted(row["unit_key"] for row in rows) == sorted(planned)
+        assert len({(row["rep_id"], row["manifold_set"]) for row in rows}) == len(rows)
+    assert catalog_fingerprint(warehouse) == before  # the same computation, row for row
+    changed = {table for table, version in _table_versions(warehouse).items() if version != versions[table]}
+    assert changed == {*owned, "runs"}  # the other stages' tables got no commit at all
+    assert run_survey(tiny_config, warehouse, stages=("capacity",), progress=False)[0].units_run == 0
 
 
 def test_stored_arrays_match_a_direct_extraction(tmp_path, tiny_config):

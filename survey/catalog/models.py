@@ -45,10 +45,20 @@ def stimulus_size(warehouse: Warehouse, name: str, option: str) -> int:
     return int(stimset["height"])
 
 
-def configured_prior(warehouse: Warehouse, settings: PriorConfig) -> tuple[str, int]:
-    """The key (`priors.prior_id`) and image size of the prior a config's `prior:` section trains."""
-    size = stimulus_size(warehouse, settings.stimuli, "prior.stimuli")
-    return content_key("prior", settings.recipe(), size, PRIOR_VERSION), size
+def prior_size(warehouse: Warehouse, settings: PriorConfig) -> int:
+    """The image side of the prior a config's `prior:` section trains (that of its stimulus set)."""
+    return stimulus_size(warehouse, settings.stimuli, "prior.stimuli")
+
+
+def prior_id(settings: PriorConfig, size: int, version: int = PRIOR_VERSION) -> str:
+    """The key (`priors.prior_id`) of the prior of `settings`' recipe at `size` pixels, made by the prior stage's
+    `version`."""
+    return content_key("prior", settings.recipe(), size, version)
+
+
+def configured_prior(warehouse: Warehouse, settings: PriorConfig) -> str:
+    """The key (`priors.prior_id`) of the prior a config's `prior:` section trains."""
+    return prior_id(settings, prior_size(warehouse, settings))
 
 
 def catalog_prior(warehouse: Warehouse, size: int, prior_id: str | None = None) -> dict:

@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 STIMULI_VERSION = 1  # the stimuli stage's version: in every set's key
 
 
-def stimset_id(spec: StimulusSpec) -> str:
-    """Content key of a stimulus set: its spec (and, for a user's array file, the file's bytes)."""
-    parts: list[Any] = [spec.model_dump(mode="json"), STIMULI_VERSION]
+def stimset_id(spec: StimulusSpec, version: int = STIMULI_VERSION) -> str:
+    """Content key of a stimulus set made by the stimuli stage's `version`: its spec (and, for a user's array file,
+    the file's bytes)."""
+    parts: list[Any] = [spec.model_dump(mode="json"), version]
     if spec.kind == "array":
         try:
             parts.append(file_hash(spec.path))

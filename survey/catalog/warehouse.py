@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -245,8 +245,9 @@ class Warehouse:
         return pads.FileSystemDataset(fresh, dataset.schema, dataset.format, dataset.filesystem).to_table(
             columns=columns, filter=filter)
 
-    def append_unit(self, table: str, key: str, rows: list[dict]) -> int:
-        """Append the rows of unit `key` to `table` in one atomic commit; returns the rows written (0 when the unit
+    def append_unit(self, table: str, key: str, rows: list[dict], replacing: Sequence[str] = ()) -> int:
+        """Append the rows of unit `key` to `table` in one atomic commit, which also deletes the rows of the committed
+        units `replacing` names (the same unit at older stage versions); returns the rows written (0 when the unit
         was already committed, by this or another writer: the same unit never lands twice)."""
         schema = TABLES[table]
         data = pa.Table.from_pylist([{**row, "unit_key": key} for row in rows], schema=schema)
@@ -255,8 +256,10 @@ class Warehouse:
             snapshot = self.delta(table) or self._create(table)
             if snapshot.transaction_version(key) is not None:
                 return 0
+            replaced = [old for old in replacing if snapshot.transaction_version(old) is not None]
+            mode, predicate = ("overwrite", _key_in([*replaced, key])) if replaced else ("append", None)
             try:  # from a loaded snapshot, so that a concurrent commit of the same key conflicts
-                write_deltalake(snapshot, data, mode="append", partition_by=_partitions(table),
+                write_deltalake(snapshot, data, mode=mode, predicate=predicate, partition_by=_partitions(table),
                                 storage_options=self.storage_options, commit_properties=commit)
                 return data.num_rows
             except CommitFailedError:  # a concurrent commit won: look again
@@ -515,6 +518,11 @@ def _file_name(path: str) -> str:
 
 def _is_absolute(path: str) -> bool:
     return path.startswith("/") or "://" in path
+
+
+def _key_in(keys: list[str]) -> str:
+    """A Delta predicate matching the rows of the units `keys` (content keys: letters, digits and dashes)."""
+    return f"unit_key IN ({', '.join(repr(key) for key in keys)})"
 
 
 def _partitions(table: str) -> list[str] | None:

@@ -206,7 +206,7 @@ def prior_train(
         from survey.catalog.models import catalog_unet, configured_prior
         from survey.mei.prior import save_prior
 
-        key = configured_prior(store, config.prior)[0]
+        key = configured_prior(store, config.prior)
         row = next(row for row in store.rows("priors") if row["prior_id"] == key)
         save_prior(catalog_unet(store, row), json.loads(row["scheduler_config"]), out)
         console.print(f"Written to {out} (pass it as mei.egg.prior or --prior)", soft_wrap=True)

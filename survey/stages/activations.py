@@ -27,9 +27,9 @@ class ActivationsStage(Stage):
         units = []
         for network in sorted(networks, key=lambda row: row["name"]):
             for name, stimset in sets.items():
-                key = content_key("act", network["content_hash"], network["spec"], network["layers"],
-                                  stimset["stimset_id"], keep, self.version)
-                units.append(WorkUnit(key, f"{network['name']} × {name}", {"network": network, "stimset": stimset}))
+                units.append(self.unit("act", [network["content_hash"], network["spec"], network["layers"],
+                                               stimset["stimset_id"], keep],
+                                       f"{network['name']} × {name}", {"network": network, "stimset": stimset}))
         return units
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
@@ -57,4 +57,4 @@ class ActivationsStage(Stage):
                 "repeats_uri": None, "n_repeats": None, "preprocessing": canonical_json(recipe), "content_hash": digest,
                 **info.provenance(),
             })
-        return {self.table: warehouse.append_unit(self.table, unit.key, rows)}
+        return {self.table: self.commit(warehouse, self.table, unit, rows)}

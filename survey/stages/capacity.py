@@ -16,7 +16,6 @@ import numpy as np
 from survey.catalog import Warehouse
 from survey.catalog.stimuli import catalog_stimulus_sets, load_labels
 from survey.errors import NotApplicable
-from survey.hashing import content_key
 from survey.metrics.alignment import decodability, manifold_alignment
 from survey.metrics.capacity import manifold_capacity, simulated_capacity
 from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none, torch_threads
@@ -31,6 +30,7 @@ class CapacityStage(Stage):
     name = "capacity"
     section = "capacity"
     table = "capacity"
+    version = 2  # 2: the capacity search restarts from 50 random starts (rows of version 1 are superseded)
     writes_also = ("alignment",)
     reads = ("representations", "stimulus_sets")
 
@@ -44,10 +44,9 @@ class CapacityStage(Stage):
         for rep in sorted(warehouse.rows("representations"), key=lambda row: row["rep_id"]):
             stimset = sets.get(rep["stimset_id"])
             if stimset is not None:
-                key = content_key("cap", rep["rep_id"], rep["content_hash"], stimset["content_hash"], recipe,
-                                  self.version)
-                units.append(WorkUnit(key, f"{rep['source_name']} {rep['layer_or_area']} × {stimset['name']}",
-                                      {"rep": rep, "stimset_uri": stimset["uri"]}))
+                units.append(self.unit("cap", [rep["rep_id"], rep["content_hash"], stimset["content_hash"], recipe],
+                                       f"{rep['source_name']} {rep['layer_or_area']} × {stimset['name']}",
+                                       {"rep": rep, "stimset_uri": stimset["uri"]}))
         return units
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
@@ -73,14 +72,14 @@ class CapacityStage(Stage):
             "decodability": decoding, "chance": 1.0 / len(manifolds),
             "status": "; ".join(dict.fromkeys(s for s in (alignment_status, decoding_status) if s != "ok")) or "ok",
         }
-        written = {"alignment": warehouse.append_unit("alignment", unit.key, [aligned])}
+        written = {"alignment": self.commit(warehouse, "alignment", unit, [aligned])}
         row = {
             **base, "source_kind": rep["source_kind"], "n_manifolds": len(manifolds),
             "n_points": min(m.shape[1] for m in manifolds), "n_features": manifolds[0].shape[0],
             "kappa": settings.kappa, "n_t": settings.n_t, "simulated_capacity": simulated,
             "simulated_status": simulated_status, **geometry,
         }
-        written[self.table] = warehouse.append_unit(self.table, unit.key, [row])
+        written[self.table] = self.commit(warehouse, self.table, unit, [row])
         return written
 
 

@@ -141,9 +141,8 @@ class DistancesStage(Stage):
                 cols = sides[j] if j > i else None
                 if len(rows) < (2 if cols is None else 1) or cols == []:
                     continue
-                key = content_key("dist", recipe, stimset["stimset_id"], blocks[i].block_id, blocks[j].block_id,
-                                  self.version)
-                units.append(WorkUnit(key, f"{metric.label} · {stimset['name']} · tile {i},{j}", {
+                parts = [recipe, stimset["stimset_id"], blocks[i].block_id, blocks[j].block_id]
+                units.append(self.unit("dist", parts, f"{metric.label} · {stimset['name']} · tile {i},{j}", {
                     "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols}))
         return units
 
@@ -204,9 +203,9 @@ class DistancesStage(Stage):
             cols = [members[rep] for rep in block.rep_ids if rep not in earlier and eligible(metric.metric,
                                                                                               members[rep])]
             if cols:
-                key = content_key("dist-landmark", recipe, stimset["stimset_id"], r, landmark, block.block_id,
-                                  [rep["rep_id"] for rep in cols], self.version)
-                units.append(WorkUnit(key, f"{metric.label} · {stimset['name']} · landmark {r + 1}", {
+                units.append(self.unit("dist-landmark", [recipe, stimset["stimset_id"], r, landmark, block.block_id,
+                                                         [rep["rep_id"] for rep in cols]],
+                                       f"{metric.label} · {stimset['name']} · landmark {r + 1}", {
                     "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": [members[landmark]],
                     "cols": cols, "round": r}))
         return units
@@ -246,4 +245,4 @@ class DistancesStage(Stage):
                 "alpha": metric.alpha, "score_method": metric.score, "center": metric.center,
                 "distance": float(value), **info.provenance(),
             })
-        return {self.table: warehouse.append_unit(self.table, unit.key, out)}
+        return {self.table: self.commit(warehouse, self.table, unit, out)}

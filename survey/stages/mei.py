@@ -6,6 +6,7 @@ on the evaluation models (`evaluation_models`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from functools import lru_cache
@@ -258,7 +259,7 @@ class MeiStage(Stage):
                                   f"from 0 to {responses.shape[1] - 1} (got {sorted(group['targets'])})")
         prior = None
         if "egg" in settings.methods:  # the config's own prior when it trains one, else the catalog's
-            configured = configured_prior(warehouse, self.config.prior)[0] if self.config.prior else None
+            configured = configured_prior(warehouse, self.config.prior) if self.config.prior else None
             prior = prior_identity(warehouse, settings.egg.prior, shape[-1], configured)
         units = []
         for group in groups:
@@ -269,17 +270,17 @@ class MeiStage(Stage):
             for method in settings.methods:
                 # the evaluators are left out: a survey that grows new networks keeps its MEIs (one row per target,
                 # method and seed), each scored on the models the catalog held when it was made
-                key = content_key("mei", group["network"]["content_hash"], group["layer"], group["readout_uri"],
-                                  list(group["targets"]), stimset["content_hash"], method, self.method_recipe(method),
-                                  prior["content"] if method == "egg" else None, self.version)
-                units.append(WorkUnit(key, f"{method} · {label}", {
+                units.append(self.unit("mei", [
+                    group["network"]["content_hash"], group["layer"], group["readout_uri"], list(group["targets"]),
+                    stimset["content_hash"], method, self.method_recipe(method),
+                    prior["content"] if method == "egg" else None], f"{method} · {label}", {
                     **group, **evaluators, "method": method, "prior": prior if method == "egg" else None,
                     "stimset_id": stimset["stimset_id"], "stimset_uri": stimset["uri"], "grey": grey.tolist(),
                     "norm": norm, "shape": shape}))
         if {unit.key for unit in units} - warehouse.done_keys(self.table):  # the run's MLflow parent, made once
             self._parent = _tracker(self.tracking_uri(warehouse), settings.experiment).parent(
                 f"{info.run_id}-mei", f"mei · {info.run_id}", {"stage": "mei", "run_id": info.run_id})
-            units = [WorkUnit(unit.key, unit.label, {**unit.payload, "parent": self._parent}) for unit in units]
+            units = [dataclasses.replace(unit, payload={**unit.payload, "parent": self._parent}) for unit in units]
         return units
 
     def finish(self, warehouse: Warehouse, info: RunInfo, error: BaseException | None) -> None:
@@ -403,4 +404,4 @@ class MeiStage(Stage):
                 "seconds": seconds / len(images), "image_uri": warehouse.put_array(image)[0],
                 "readout_uri": payload["readout_uri"], "mlflow_run_id": run_id, **info.provenance(),
             })
-        return {self.table: warehouse.append_unit(self.table, unit.key, rows)}
+        return {self.table: self.commit(warehouse, self.table, unit, rows)}

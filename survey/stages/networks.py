@@ -13,7 +13,7 @@ from torch import nn
 
 from survey.catalog import Warehouse
 from survey.config import ExternalNetwork
-from survey.hashing import content_key, file_hash
+from survey.hashing import file_hash
 from survey.sources.external import build_external, check_layers
 from survey.sources.zoo import N_CLASSES, CellSpec, build_network, n_params, sample_spec, save_weights, train
 from survey.stages import RunInfo, Stage, WorkUnit
@@ -55,19 +55,18 @@ class NetworksStage(Stage):
                 # replica k of an architecture trains from seed + k · 7,919 (a prime well past the architectures)
                 replica_seed = seed + replica * 7_919
                 # untrained nets depend on the training config too: their linear probe is fitted on the task
-                key = content_key("net", spec.model_dump(mode="json"), objective, zoo.train.model_dump(mode="json"),
-                                  replica_seed, self.version)
                 payload = {"spec": spec, "objective": objective, "seed": replica_seed, "layers": layers}
                 name = f"zoo{index:03d}-{objective}" + (f"-s{replica}" if replica else "")
-                units.append(WorkUnit(key, name, payload))
+                units.append(self.unit("net", [spec.model_dump(mode="json"), objective,
+                                               zoo.train.model_dump(mode="json"), replica_seed], name, payload))
         return units
 
     def _external_unit(self, network: ExternalNetwork) -> WorkUnit:
         module = _build_external(network, network.weights)  # validates target, weights and layer names now
         check_layers(module, network.layers, network.name)
         weights = file_hash(network.weights) if network.weights else None
-        key = content_key("net", network.model_dump(mode="json", exclude={"name"}), weights, self.version)
-        return WorkUnit(key, network.name, {"network": network})
+        return self.unit("net", [network.model_dump(mode="json", exclude={"name"}), weights], network.name,
+                         {"network": network})
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         if "network" in unit.payload:
@@ -94,7 +93,7 @@ class NetworksStage(Stage):
             weights_uri = warehouse.put_file(path, digest, ".safetensors")
         row.update(network_id=unit.key, spec=json.dumps(spec, sort_keys=True), n_params=n_params(module),
                    weights_uri=weights_uri, content_hash=digest, **info.provenance())
-        return {self.table: warehouse.append_unit(self.table, unit.key, [row])}
+        return {self.table: self.commit(warehouse, self.table, unit, [row])}
 
 
 def _zoo_layers(spec: CellSpec, wanted: str | tuple[str, ...], name: str) -> tuple[str, ...]:

@@ -43,11 +43,10 @@ class PredictivityStage(Stage):
             for _, network_reps in sorted(layers[stimset].items()):
                 network_reps.sort(key=lambda rep: rep["layer_index"])
                 for session, session_reps in by_session.items():
-                    key = content_key("pred", [r["content_hash"] for r in network_reps],
-                                      [r["content_hash"] for r in session_reps], recipe, self.version)
-                    units.append(WorkUnit(key, f"{network_reps[0]['source_name']} × {session} · "
-                                               f"{sets[stimset]['name']}",
-                                          {"layers": network_reps, "areas": session_reps}))
+                    units.append(self.unit("pred", [[r["content_hash"] for r in network_reps],
+                                                    [r["content_hash"] for r in session_reps], recipe],
+                                           f"{network_reps[0]['source_name']} × {session} · {sets[stimset]['name']}",
+                                           {"layers": network_reps, "areas": session_reps}))
         return units
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
@@ -97,7 +96,7 @@ class PredictivityStage(Stage):
                     "readout_uri": save_readout(warehouse, content_key("readout", unit.key, layer["rep_id"],
                                                                        area["rep_id"]), area_readout),
                 })
-        return {self.table: warehouse.append_unit(self.table, unit.key, rows)}
+        return {self.table: self.commit(warehouse, self.table, unit, rows)}
 
 
 def _median(values: np.ndarray) -> float | None:

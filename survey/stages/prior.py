@@ -9,7 +9,7 @@ import os
 import tempfile
 
 from survey.catalog import Warehouse
-from survey.catalog.models import PRIOR_VERSION, configured_prior
+from survey.catalog.models import PRIOR_VERSION, prior_id, prior_size
 from survey.catalog.tracking import Tracker, default_tracking_uri
 from survey.hashing import file_hash
 from survey.priors import build_prior, save_weights, shipped_prior, unet_settings
@@ -29,8 +29,9 @@ class PriorStage(Stage):
     reads = ("stimulus_sets",)
 
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
-        key, size = configured_prior(warehouse, self.options)
-        return [WorkUnit(key, f"diffusion prior {size} × {size}", {"size": size})]
+        size = prior_size(warehouse, self.options)
+        return [self.versioned_unit(lambda version: prior_id(self.options, size, version),
+                                    f"diffusion prior {size} × {size}", {"size": size})]
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         settings, size = self.options, unit.payload["size"]
@@ -63,4 +64,4 @@ class PriorStage(Stage):
             unit.key, unit.label, {"size": str(size), "source": source}, {**recipe, "size": size},
             {**recipe, "unet": unet_config}, {"loss": trained.losses},
             {"samples.png": built.samples_png, "patches.png": built.patches_png})
-        return {self.table: warehouse.append_unit(self.table, unit.key, [{**row, **info.provenance()}])}
+        return {self.table: self.commit(warehouse, self.table, unit, [{**row, **info.provenance()}])}

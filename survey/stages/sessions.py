@@ -49,9 +49,9 @@ class SessionsStage(Stage):
             for index in range(synthetic.n):
                 subject = f"subject{index % synthetic.subjects:02d}"
                 name = f"synth-{subject}-{index:03d}"
-                key = content_key("ses", synthetic.model_dump(mode="json", exclude={"n", "stimuli"}), stimset_ids,
-                                  index, self.version)
-                units.append(WorkUnit(key, name, {"synthetic": index, "subject": subject, "stimsets": sets}))
+                units.append(self.unit("ses", [synthetic.model_dump(mode="json", exclude={"n", "stimuli"}),
+                                               stimset_ids, index],
+                                       name, {"synthetic": index, "subject": subject, "stimsets": sets}))
         if sessions.nwb:
             sets = stimset_rows(self.config, warehouse, tuple(spec.name for spec in self.config.stimuli))
             units += [self._nwb_unit(nwb, sets) for nwb in sessions.nwb]
@@ -60,9 +60,8 @@ class SessionsStage(Stage):
     def _nwb_unit(self, nwb: NWBSession, sets: dict[str, dict]) -> WorkUnit:
         path = Path(nwb.path)
         reader = nwb.model_dump(mode="json", exclude={"path", "name"})
-        key = content_key("ses", _file_hash(path), reader, {n: r["stimset_id"] for n, r in sets.items()},
-                          self.version)
-        return WorkUnit(key, nwb.name or path.stem, {"nwb": nwb, "stimsets": sets})
+        return self.unit("ses", [_file_hash(path), reader, {n: r["stimset_id"] for n, r in sets.items()}],
+                         nwb.name or path.stem, {"nwb": nwb, "stimsets": sets})
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         sets: dict[str, dict] = unit.payload["stimsets"]
@@ -125,8 +124,8 @@ class SessionsStage(Stage):
             "n_repeats": min(r.shape[1] for r in recorded.responses.values()), "synthetic": synthetic,
             "source_uri": source_uri, "content_hash": stable_hash(hashes), **info.provenance(),
         }
-        written = {"representations": warehouse.append_unit("representations", unit.key, reps)}
-        written[self.table] = warehouse.append_unit(self.table, unit.key, [session])
+        written = {"representations": self.commit(warehouse, "representations", unit, reps)}
+        written[self.table] = self.commit(warehouse, self.table, unit, [session])
         return written
 
 

@@ -24,11 +24,9 @@ from survey.catalog.stimuli import catalog_stimulus_sets
 from survey.config import SpaceSpec
 from survey.embedding import LandmarkMDS, maxmin_landmarks, pair_stress
 from survey.errors import SurveyError
-from survey.hashing import content_key
 from survey.stages import RunInfo, Stage, WorkUnit
 from survey.vector_index import VectorIndex
 
-SPACE_VERSION = 2
 STRESS_SAMPLE = 20_000  # stored pairs the stress is measured on
 
 
@@ -36,6 +34,7 @@ class SpacesStage(Stage):
     name = "spaces"
     section = "spaces"
     table = "spaces"
+    version = 2
     writes_also = ("embeddings",)
     reads = ("shape_distances", "distance_landmarks", "representations", "stimulus_sets")
 
@@ -52,9 +51,9 @@ class SpacesStage(Stage):
             if len(ids) < 3:
                 raise SurveyError(f"space {spec.label}: {len(ids)} representations of {spec.stimuli} can be compared "
                                   f"by {spec.metric.label}; a space needs ≥ 3: survey more networks or sessions")
-            key = content_key("space", spec.model_dump(mode="json"), stimset["stimset_id"], ids, SPACE_VERSION)
-            units.append(WorkUnit(key, f"space {spec.label}", {"spec": spec, "stimset_id": stimset["stimset_id"],
-                                                                "rep_ids": ids}))
+            units.append(self.unit("space", [spec.model_dump(mode="json"), stimset["stimset_id"], ids],
+                                   f"space {spec.label}", {"spec": spec, "stimset_id": stimset["stimset_id"],
+                                                           "rep_ids": ids}))
         return units
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
@@ -78,12 +77,12 @@ class SpacesStage(Stage):
             **{key: np.asarray(value) for key, value in embedder.state_dict().items()}})
         uri = warehouse.put_bytes(f"{folder}/index.faiss", index.to_bytes()).rsplit("/", 1)[0]
         landmark_set = set(landmarks.tolist())
-        written = {"embeddings": warehouse.append_unit("embeddings", unit.key, [
+        written = {"embeddings": self.commit(warehouse, "embeddings", unit, [
             {"space_id": unit.key, "rep_id": rep, "item": i, "is_landmark": i in landmark_set,
              "vector": vectors[i].astype(np.float32).tolist(), **info.provenance()}
             for i, rep in enumerate(rep_ids)])}
         metric = spec.metric
-        written[self.table] = warehouse.append_unit(self.table, unit.key, [{
+        written[self.table] = self.commit(warehouse, self.table, unit, [{
             "space_id": unit.key, "name": spec.label, "stimset_id": stimset_id, "metric": metric.metric,
             "alpha": metric.alpha, "score_method": metric.score, "center": metric.center,
             "conv_size": spec.conv_size if metric.metric == "conv" else None, "n_items": n, "dim": dim,

@@ -28,7 +28,8 @@ class StimuliStage(Stage):
                 spec.generate()
 
     def plan(self, warehouse: Warehouse, info: RunInfo) -> list[WorkUnit]:
-        return [WorkUnit(stimset_id(spec), f"stimuli {spec.name}", {"spec": spec}) for spec in self.config.stimuli]
+        return [self.versioned_unit(lambda version, spec=spec: stimset_id(spec, version), f"stimuli {spec.name}",
+                                    {"spec": spec}) for spec in self.config.stimuli]
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
         spec = unit.payload["spec"]
@@ -44,4 +45,4 @@ class StimuliStage(Stage):
             "width": width, "channels": channels, "params": spec.model_dump_json(), "content_hash": digest,
             "uri": uri, **info.provenance(),
         }
-        return {self.table: warehouse.append_unit(self.table, unit.key, [row])}
+        return {self.table: self.commit(warehouse, self.table, unit, [row])}

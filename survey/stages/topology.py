@@ -13,7 +13,6 @@ import numpy as np
 
 from survey.catalog import Warehouse
 from survey.catalog.stimuli import catalog_stimulus_sets
-from survey.hashing import content_key
 from survey.metrics.topology import level_isotropy, noise_sigma, signature, signature_reliability, smooth_to_noise
 from survey.stages import RunInfo, Stage, WorkUnit, finite_or_none
 
@@ -38,9 +37,9 @@ class TopologyStage(Stage):
             grid = grids.get(rep["stimset_id"])
             if grid is None:
                 continue
-            key = content_key("topo", rep["rep_id"], rep["content_hash"], recipe, self.version)
             label = f"{rep['source_name']} {rep['layer_or_area']} × {grid['name']}"
-            units.append(WorkUnit(key, label, {"rep": rep, "side": math.isqrt(grid["n_images"])}))
+            units.append(self.unit("topo", [rep["rep_id"], rep["content_hash"], recipe], label,
+                                   {"rep": rep, "side": math.isqrt(grid["n_images"])}))
         return units
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
@@ -80,4 +79,4 @@ class TopologyStage(Stage):
                 "reliability_agreement": None if agreement is None else float(agreement[i]),
                 **info.provenance(),
             })
-        return {self.table: warehouse.append_unit(self.table, unit.key, rows)}
+        return {self.table: self.commit(warehouse, self.table, unit, rows)}
