@@ -122,7 +122,7 @@ def search(args: argparse.Namespace, warehouse: Warehouse) -> dict:
     picks = rng.choice(len(space.rep_ids), size=args.queries + args.latency_queries + 5, replace=False)
     recall_queries, latency_queries = picks[:args.queries], picks[args.queries:]
     log(f"preparing all {len(space.rep_ids)} representations for brute force")
-    everything = [load_prepared(engine, warehouse.uri, rows[rep], None) for rep in space.rep_ids]
+    everything = [load_prepared(engine, warehouse, rows[rep], None) for rep in space.rep_ids]
     reranked, embedded = [], []
     for count, q in enumerate(recall_queries):
         exact = engine.distances([everything[q]], everything)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,11 +27,15 @@ from survey.metrics.configuration import (
     DEFAULT_CENTER,
     DEFAULT_METRIC,
     DEFAULT_SCORE,
-    METRICS,
     SCORES,
+    MetricKind,
     check_configuration,
+    metric_kind,
 )
 from survey.stimuli import StimulusSpec
+
+if TYPE_CHECKING:
+    from survey.metrics.shape import ShapeMetric
 
 # every stage's name; the order they run in follows from the tables each reads and writes (survey.runtime.survey)
 STAGE_NAMES = ("stimuli", "networks", "sessions", "activations", "distances", "capacity", "topology", "predictivity",
@@ -149,9 +154,10 @@ class ActivationsConfig(_Strict):
 
 
 class DistanceMetric(_Strict):
-    """One shape-metric configuration (DESIGN §5.1; formulas in `survey.metrics.shape`)."""
+    """One shape-metric configuration (DESIGN §5.1; formulas in `survey.metrics.shapes`), and its one codec: to and
+    from the catalog's columns, and to its engine."""
 
-    metric: Literal[METRICS] = DEFAULT_METRIC  # type: ignore[valid-type]
+    metric: str = DEFAULT_METRIC  # a registered metric (survey.metrics.configuration)
     alpha: float = DEFAULT_ALPHA  # linear/conv: 0 = CCA … 1 = Procrustes; stochastic: 0 = means … 2 = covariances
     score: Literal[SCORES] = DEFAULT_SCORE  # type: ignore[valid-type]
     center: bool = DEFAULT_CENTER
@@ -167,6 +173,29 @@ class DistanceMetric(_Strict):
     @property
     def label(self) -> str:
         return f"{self.metric} alpha={self.alpha:g} {self.score}" + ("" if self.center else " uncentered")
+
+    @property
+    def kind(self) -> MetricKind:
+        return metric_kind(self.metric)
+
+    def pooling(self, conv_size: int) -> int | None:
+        """The pooling size the metric's inputs take: `conv_size` for a metric of maps, else None."""
+        return conv_size if self.kind.maps else None
+
+    def columns(self) -> dict[str, Any]:
+        """The configuration as the catalog's columns (`shape_distances`, `distance_landmarks`, `spaces`)."""
+        return {"metric": self.metric, "alpha": self.alpha, "score_method": self.score, "center": self.center}
+
+    @classmethod
+    def from_columns(cls, row: Mapping[str, Any]) -> DistanceMetric:
+        """The configuration a catalog row's columns hold."""
+        return cls(metric=row["metric"], alpha=row["alpha"], score=row["score_method"], center=row["center"])
+
+    def engine(self, device: str | None = None) -> ShapeMetric:
+        """The metric's engine on `device` (None: CUDA when there is one)."""
+        from survey.metrics.shape import ShapeMetric
+
+        return ShapeMetric(self.metric, self.alpha, self.score, self.center, device)
 
 
 class DistancesConfig(_Strict):

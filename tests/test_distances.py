@@ -141,7 +141,8 @@ def test_each_representation_is_prepared_once_and_later_tiles_and_runs_read_its_
     assert [unit.payload["cols"] is None for unit in units] == [True] * 4 + [False] * 6  # 4 blocks, diagonals first
     assert len(list((tmp_path / "wh" / "arrays" / "prepared").iterdir())) == 30  # one per representation
 
-    engine, (first, second) = ShapeMetric(METRIC["metric"], METRIC["alpha"]), warehouse.rows("representations")[:2]
+    engine = ShapeMetric(METRIC["metric"], METRIC["alpha"])
+    first, second, third = warehouse.rows("representations")[:3]
     fresh = engine.prepare(warehouse.load_array(first["array_uri"]))
     stored_factors = warehouse.load_npz(warehouse.stored(prepared_path(engine, first["array_uri"], None)))
     np.testing.assert_array_equal(stored_factors["data0"], fresh.data.numpy())
@@ -150,14 +151,14 @@ def test_each_representation_is_prepared_once_and_later_tiles_and_runs_read_its_
     copy = Warehouse(tmp_path / "copy")
     copy.put_npz(prepared_path(engine, first["array_uri"], None),
                  {"data0": 2 * stored_factors["data0"], "norm": 2 * stored_factors["norm"]})
-    np.testing.assert_array_equal(load_prepared(engine, copy.uri, first, None).data.numpy(), 2 * fresh.data.numpy())
+    np.testing.assert_array_equal(load_prepared(engine, copy, first, None).data.numpy(), 2 * fresh.data.numpy())
     # Without `store` (the search service) a missing factor is prepared and not written; with it, written.
-    missing = tmp_path / "copy" / prepared_path(engine, second["array_uri"], None)
-    missing.unlink()
-    load_prepared(engine, copy.uri, second, None, store=False)
-    assert not missing.exists()
-    load_prepared(engine, f"{copy.uri}/", second, None)  # another spelling of the root: not in the process cache
-    assert missing.exists()
+    missing = [tmp_path / "copy" / prepared_path(engine, rep["array_uri"], None) for rep in (second, third)]
+    for path in missing:
+        path.unlink()
+    load_prepared(engine, copy, second, None, store=False)
+    load_prepared(engine, copy, third, None)
+    assert [path.exists() for path in missing] == [False, True]
 
 
 def test_an_interrupted_stage_resumes_with_only_its_missing_tiles(tmp_path, monkeypatch):

@@ -589,3 +589,14 @@ def test_engine_prepare_and_cross_blocks() -> None:
     with pytest.raises(SurveyError) as excinfo:
         engine.prepare(np.full((5, 3), np.nan), "bad-one")
     assert_names(excinfo, "bad-one")
+
+
+@pytest.mark.parametrize(("metric", "alpha"), [("linear", 0.0), ("linear", 0.7), ("cka", 1.0)])
+def test_batched_cross_terms_equal_the_per_pair_definition(metric: str, alpha: float) -> None:
+    """Linear and CKA compute blocks of pairs from stacked factors; each pair is still its `cross_pair`."""
+    rng = np.random.default_rng(5)
+    engine = ShapeMetric(metric, alpha, device="cpu")
+    prepared = [engine.prepare(flat_rep(rng), f"r{i}") for i in range(6)]
+    pairs = (np.array([0, 1, 2, 5, 3]), np.array([4, 4, 0, 1, 3]))
+    per_pair = [engine.family.cross_pair(prepared[i], prepared[j]) for i, j in zip(*pairs, strict=True)]
+    np.testing.assert_allclose(engine.cross(prepared, prepared, pairs), per_pair, rtol=1e-12)

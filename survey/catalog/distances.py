@@ -3,6 +3,8 @@ the pairs among a set of representations as a lookup (what the search service re
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,9 +18,8 @@ if TYPE_CHECKING:
 
 def metric_filter(metric: DistanceMetric, stimset_id: str) -> pc.Expression:
     """Rows of `shape_distances` (or `distance_landmarks`) for one metric configuration on one stimulus set."""
-    return ((pc.field("stimset_id") == stimset_id) & (pc.field("metric") == metric.metric)
-            & (pc.field("alpha") == metric.alpha) & (pc.field("score_method") == metric.score)
-            & (pc.field("center") == metric.center))
+    columns = {"stimset_id": stimset_id, **metric.columns()}
+    return functools.reduce(operator.and_, (pc.field(name) == value for name, value in columns.items()))
 
 
 class FrozenLandmarks:

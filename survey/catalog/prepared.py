@@ -1,6 +1,6 @@
-"""What each shape metric compares, read from a representation's catalog row: the one home of the input rules that
-the distances stage and search share (which array a metric reads, who is eligible, how conv maps are pooled), and
-prepared representations: stored in the warehouse once made, and cached per process, bounded in bytes."""
+"""What each shape metric compares, read from a representation's catalog row (the array its kind names; who is
+eligible), for the distances stage and search alike, and prepared representations: stored in the warehouse once
+made, and cached per process, bounded in bytes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
-import numpy as np
-import torch
-
-from survey.activations import pool_positions
 from survey.catalog.warehouse import Warehouse
 from survey.errors import SurveyError
 from survey.hashing import content_key
+from survey.metrics.configuration import metric_kind
 from survey.metrics.shape import Prepared, ShapeMetric
 
 REP_COLUMNS = ["rep_id", "stimset_id", "n_stimuli", "array_uri", "spatial_uri", "repeats_uri"]  # what the rules read
@@ -23,22 +20,14 @@ PREPARED_FORMAT = 1  # in a stored factor's name: bump when ShapeMetric.prepare 
 
 
 def metric_array_uri(metric: str, rep: Mapping) -> str | None:
-    """The array `metric` compares: trials (stimuli × repeats × units) for the stochastic metric, full conv maps
-    for the conv metric, the stimuli × units responses otherwise; None when the representation has no such array."""
-    return {"stochastic": rep["repeats_uri"], "conv": rep["spatial_uri"]}.get(metric, rep["array_uri"])
+    """The array `metric` compares (its kind's `array_column`: the stimuli × units responses, the trials of a
+    recording, or full conv maps); None when the representation has no such array."""
+    return rep[metric_kind(metric).array_column]
 
 
 def eligible(metric: str, rep: Mapping) -> bool:
-    """Whether a representation has what `metric` compares: repeats (stochastic), spatial maps (conv)."""
+    """Whether a representation has what `metric` compares (repeats for the stochastic metric, maps for conv)."""
     return metric_array_uri(metric, rep) is not None
-
-
-def metric_input(metric: str, array: np.ndarray, conv_size: int | None) -> np.ndarray:
-    """The array as `metric` takes it: conv maps average-pooled to at most `conv_size` positions a side."""
-    if metric != "conv":
-        return array
-    maps = torch.from_numpy(np.ascontiguousarray(array, np.float64))
-    return pool_positions(maps, conv_size).numpy()
 
 
 class PreparedCache:
@@ -72,16 +61,15 @@ def _nbytes(prepared: Prepared) -> int:
 _CACHE = PreparedCache(PREPARED_CACHE_BYTES)
 
 
-def load_prepared(engine: ShapeMetric, warehouse_uri: str, rep: Mapping, conv_size: int | None, *,
+def load_prepared(engine: ShapeMetric, warehouse: Warehouse, rep: Mapping, conv_size: int | None, *,
                   store: bool = True) -> Prepared:
     """A representation prepared for `engine`: kept in this process's cache (keyed by metric configuration and
     array), else read from the factors stored in the warehouse, else prepared, and (with `store`) stored there, so
     that each representation is whitened once for all workers and runs (DESIGN §5.1)."""
     uri = metric_array_uri(engine.metric, rep)
-    key = (engine.metric, engine.alpha, engine.score, engine.center, str(engine.device), warehouse_uri, uri, conv_size)
+    key = (engine.metric, engine.alpha, engine.score, engine.center, str(engine.device), warehouse, uri, conv_size)
     prepared = _CACHE.get(key)
     if prepared is None:
-        warehouse = Warehouse(warehouse_uri)
         path = prepared_path(engine, uri, conv_size)
         if (stored := warehouse.stored(path)) is not None:
             prepared = Prepared.from_arrays(warehouse.load_npz(stored), engine.device)
@@ -90,7 +78,7 @@ def load_prepared(engine: ShapeMetric, warehouse_uri: str, rep: Mapping, conv_si
             if array.shape[0] != rep["n_stimuli"]:
                 raise SurveyError(f"representation {rep['rep_id']} has {array.shape[0]} stimuli in {uri} but its "
                                   f"catalog row says {rep['n_stimuli']}; re-run the activations stage for it")
-            prepared = engine.prepare(metric_input(engine.metric, array, conv_size), rep["rep_id"])
+            prepared = engine.prepare(engine.metric_input(array, conv_size), rep["rep_id"])
             if store:
                 warehouse.put_npz(path, prepared.to_arrays())
         _CACHE.put(key, prepared)

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from survey.catalog import Warehouse
 from survey.errors import SurveyError, one_line
-from survey.metrics.configuration import INPUT_LAYOUT
+from survey.metrics.configuration import METRIC_KINDS
 from survey.search.space import MAX_K, Neighbor, NotFoundError, SearchService, Space
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,11 @@ class Results(BaseModel):
     results: list[Result] = Field(description="Nearest first.")
 
 
+UPLOAD_LAYOUTS = "; ".join(f"{kind.input_layout} for {name} spaces" for name, kind in METRIC_KINDS.items())
 SEARCH_DESCRIPTION = f"""The k nearest stored representations to an uploaded one.
 
 The body is one representation of the space's stimulus set: its stimuli in that set's order along the first axis
-(2-D stimuli × units for linear, permutation and CKA spaces; {INPUT_LAYOUT["stochastic"]} for stochastic and
-{INPUT_LAYOUT["conv"]} for conv spaces), at most the server's upload limit (64 MiB by default), in one of two
+({UPLOAD_LAYOUTS}), at most the server's upload limit (64 MiB by default), in one of two
 media types:
 
 * `{NPY}`: the bytes of a NumPy `.npy` file as `np.save` writes it (format version 1.0 or 2.0: the magic

@@ -21,12 +21,11 @@ import numpy as np
 
 from survey.catalog import Warehouse, connect
 from survey.catalog.distances import StoredPairs
-from survey.catalog.prepared import REP_COLUMNS, load_prepared, metric_input
+from survey.catalog.prepared import REP_COLUMNS, load_prepared
 from survey.config import DistanceMetric
 from survey.embedding import LandmarkMDS
 from survey.errors import SurveyError
-from survey.metrics.shape import INPUT_LAYOUT, INPUT_NDIM, Prepared, ShapeMetric, check_representation
-from survey.validation import resolve_device
+from survey.metrics.shape import Prepared, ShapeMetric, check_representation
 from survey.vector_index import VectorIndex
 
 SHORTLIST = 100  # FAISS candidates reranked per query (at least 10 k): a family of related representations
@@ -56,10 +55,6 @@ def check_k(k: int, what: str = "k") -> int:
     return k
 
 
-def space_metric(row: dict) -> DistanceMetric:
-    return DistanceMetric(metric=row["metric"], alpha=row["alpha"], score=row["score_method"], center=row["center"])
-
-
 class Space:
     """A stored space, loaded: its FAISS index, landmark embedder and the representations it holds."""
 
@@ -71,7 +66,7 @@ class Space:
         self.landmarks = stored["landmarks"]
         self.embedder = LandmarkMDS.from_state({key: stored[key] for key in stored.files})
         self.index = VectorIndex.from_bytes(warehouse.read_bytes(f"{row['uri']}/index.faiss"))
-        self.metric = space_metric(row)
+        self.metric = DistanceMetric.from_columns(row)
         self._stored: StoredPairs | None = None
         self._lock = threading.Lock()
 
@@ -86,8 +81,7 @@ class Space:
     @cached_property
     def engine(self) -> ShapeMetric:
         """The space's metric on the service's device (CUDA when there is one)."""
-        return ShapeMetric(self.metric.metric, self.metric.alpha, self.metric.score, self.metric.center,
-                           resolve_device(None))
+        return self.metric.engine()
 
     def embed(self, distances_to_landmarks: np.ndarray) -> np.ndarray:
         return self.embedder.transform(distances_to_landmarks.reshape(1, -1))[0].astype(np.float32)
@@ -249,13 +243,13 @@ class SearchService:
         set): exact distances to the landmarks place it by landmark MDS, then FAISS shortlist and exact rerank."""
         check_k(k)
         space = self.space(space_id)
-        metric = space.metric.metric
-        values = check_representation(array, "upload", INPUT_NDIM[metric], INPUT_LAYOUT[metric])
+        kind = space.metric.kind
+        values = check_representation(array, "upload", kind.input_ndim, kind.input_layout)
         n_stimuli = self.catalog.rows[space.rep_ids[0]]["n_stimuli"]
         if len(values) != n_stimuli:
             raise SurveyError(f"upload has {len(values)} stimuli but space {space.row['space_id']} is over "
                               f"{n_stimuli}; send responses to that stimulus set in its order")
-        query = space.engine.prepare(metric_input(metric, values, space.row["conv_size"]), "upload")
+        query = space.engine.prepare(space.engine.metric_input(values, space.row["conv_size"]), "upload")
         to_landmarks = space.engine.distances([query], self._landmarks(space))
         vector = space.embed(to_landmarks)
         candidates = space.shortlist(vector, _width(k, rerank, shortlist), keep, exclude=None)
@@ -284,7 +278,7 @@ class SearchService:
 
     def _prepared(self, space: Space, rep_ids: list[str]) -> list[Prepared]:
         rows = self.catalog.rows
-        return [load_prepared(space.engine, self.warehouse.uri, rows[rep], space.row["conv_size"], store=False)
+        return [load_prepared(space.engine, self.warehouse, rows[rep], space.row["conv_size"], store=False)
                 for rep in rep_ids]  # a query service does not write to the warehouse
 
     def _landmarks(self, space: Space) -> list[Prepared]:

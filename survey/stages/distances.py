@@ -25,9 +25,8 @@ from survey.config import DistanceMetric
 from survey.embedding import fold_nearest
 from survey.errors import SurveyError
 from survey.hashing import canonical_json, content_key
-from survey.metrics.shape import ShapeMetric, all_pairs
+from survey.metrics.shape import all_pairs
 from survey.stages import RunInfo, Stage, WorkUnit, torch_threads
-from survey.validation import resolve_device
 
 FIRST_LANDMARK_SEED = 0
 
@@ -128,7 +127,7 @@ class DistancesStage(Stage):
 
     def recipe(self, metric: DistanceMetric) -> dict:
         """Everything a distance depends on besides the two arrays."""
-        return {**metric.model_dump(), "conv_size": self.options.conv_size if metric.metric == "conv" else None}
+        return {**metric.model_dump(), "conv_size": metric.pooling(self.options.conv_size)}
 
     def _tiles(self, metric: DistanceMetric, stimset: dict, blocks: list[Block], members: dict) -> list[WorkUnit]:
         """One unit per pair of blocks (i ≤ j) with something to compare, the diagonal tiles (i, i) first: workers
@@ -143,7 +142,7 @@ class DistancesStage(Stage):
                     continue
                 parts = [recipe, stimset["stimset_id"], blocks[i].block_id, blocks[j].block_id]
                 units.append(self.unit("dist", parts, f"{metric.label} · {stimset['name']} · tile {i},{j}", {
-                    "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols}))
+                    "metric": metric, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols}))
         return units
 
     def _landmark_rows(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, blocks: list[Block],
@@ -189,8 +188,7 @@ class DistancesStage(Stage):
         round_ = len(sequence) + 1
         key = content_key("landmark", self.recipe(metric), stimset_id, round_)
         warehouse.append_unit("distance_landmarks", key, [{
-            "stimset_id": stimset_id, "metric": metric.metric, "alpha": metric.alpha, "score_method": metric.score,
-            "center": metric.center, "round": round_, "rep_id": pick, **info.provenance()}])
+            "stimset_id": stimset_id, **metric.columns(), "round": round_, "rep_id": pick, **info.provenance()}])
         return planned(selection.landmarks.read(warehouse))  # ours, or a concurrent planner's pick
 
     def _row_units(self, metric: DistanceMetric, stimset: dict, blocks: list[Block], members: dict,
@@ -206,7 +204,7 @@ class DistancesStage(Stage):
                 units.append(self.unit("dist-landmark", [recipe, stimset["stimset_id"], r, landmark, block.block_id,
                                                          [rep["rep_id"] for rep in cols]],
                                        f"{metric.label} · {stimset['name']} · landmark {r + 1}", {
-                    "metric": recipe, "stimset_id": stimset["stimset_id"], "rows": [members[landmark]],
+                    "metric": metric, "stimset_id": stimset["stimset_id"], "rows": [members[landmark]],
                     "cols": cols, "round": r}))
         return units
 
@@ -223,26 +221,23 @@ class DistancesStage(Stage):
                               "space needs no landmark rows: keep pairs: all for it")
 
     def run(self, unit: WorkUnit, warehouse: Warehouse, info: RunInfo) -> dict[str, int]:
-        recipe = dict(unit.payload["metric"])
-        conv_size = recipe.pop("conv_size")
-        metric = DistanceMetric(**recipe)
-        device = resolve_device(self.options.device)
+        metric: DistanceMetric = unit.payload["metric"]
+        conv_size = metric.pooling(self.options.conv_size)
         rows_meta, cols_meta = unit.payload["rows"], unit.payload["cols"]
         with torch_threads(info.threads):
-            engine = ShapeMetric(metric.metric, metric.alpha, metric.score, metric.center, device)
-            rows = [load_prepared(engine, warehouse.uri, rep, conv_size) for rep in rows_meta]
+            engine = metric.engine(self.options.device)
+            rows = [load_prepared(engine, warehouse, rep, conv_size) for rep in rows_meta]
             if cols_meta is None:
                 cols, cols_meta, pairs = rows, rows_meta, np.triu_indices(len(rows), k=1)
             else:
-                cols = [load_prepared(engine, warehouse.uri, rep, conv_size) for rep in cols_meta]
+                cols = [load_prepared(engine, warehouse, rep, conv_size) for rep in cols_meta]
                 pairs = all_pairs(len(rows), len(cols))
             values = engine.distances(rows, cols, pairs)
         out = []
         for i, j, value in zip(*pairs, values, strict=True):
             rep_a, rep_b = sorted((rows_meta[i]["rep_id"], cols_meta[j]["rep_id"]))
             out.append({
-                "rep_a": rep_a, "rep_b": rep_b, "stimset_id": unit.payload["stimset_id"], "metric": metric.metric,
-                "alpha": metric.alpha, "score_method": metric.score, "center": metric.center,
+                "rep_a": rep_a, "rep_b": rep_b, "stimset_id": unit.payload["stimset_id"], **metric.columns(),
                 "distance": float(value), **info.provenance(),
             })
         return {self.table: self.commit(warehouse, self.table, unit, out)}

@@ -83,9 +83,8 @@ class SpacesStage(Stage):
             for i, rep in enumerate(rep_ids)])}
         metric = spec.metric
         written[self.table] = self.commit(warehouse, self.table, unit, [{
-            "space_id": unit.key, "name": spec.label, "stimset_id": stimset_id, "metric": metric.metric,
-            "alpha": metric.alpha, "score_method": metric.score, "center": metric.center,
-            "conv_size": spec.conv_size if metric.metric == "conv" else None, "n_items": n, "dim": dim,
+            "space_id": unit.key, "name": spec.label, "stimset_id": stimset_id, **metric.columns(),
+            "conv_size": metric.pooling(spec.conv_size), "n_items": n, "dim": dim,
             "n_landmarks": len(landmarks), "landmarks_from": "distance_landmarks" if frozen else "maxmin",
             "index_kind": spec.kind, "negative_mass": embedder.embedding_.negative_mass, "stress": stress,
             "stress_pairs": stress_pairs, "uri": uri, "created": datetime.now(UTC), **info.provenance()}])
