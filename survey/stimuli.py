@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from survey.errors import SurveyError
 from survey.hashing import array_hash
 from survey.images import BUNDLED_IMAGES, bundled_image, cut_patches
+from survey.validation import real_array
 
 __all__ = [
     "ArrayFile",
@@ -73,26 +74,15 @@ def validate_images(images: np.ndarray, name: str, *, source: str = "the image a
     uint8 is divided by 255. Raises a one-line SurveyError naming `source` and the fix.
     """
     where = f"stimulus set {name!r}: {source}"
-    images = np.asarray(images)
-    if images.dtype.kind not in "uif":
-        raise SurveyError(
-            f"{where} has dtype {images.dtype}, not numbers; save a numeric array "
-            "(e.g. numpy.save(path, numpy.asarray(images, dtype=numpy.float32)))"
-        )
-    if images.dtype.kind == "f" and not np.isfinite(images).all():
-        raise SurveyError(
-            f"{where} contains NaN or infinite values; replace them (e.g. numpy.nan_to_num) and run again"
-        )
+    images = real_array(images, where, (3, 4), "N×H×W, N×C×H×W or N×H×W×C", dtype=None)
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[3] in (1, 3):
         images = images.transpose(0, 3, 1, 2)
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
+    if images.shape[1] not in (1, 3):
         raise SurveyError(
             f"{where} has shape {images.shape}; expected N×H×W, N×C×H×W or N×H×W×C with C = 1 or 3"
         )
-    if images.size == 0:
-        raise SurveyError(f"{where} is empty (shape {images.shape}); provide at least one non-empty image")
     images = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
     low, high = float(images.min()), float(images.max())
     if low < 0.0 or high > 1.0:

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 
 def real_array(value: Any, name: str, ndims: tuple[int, ...] | None = None, layout: str | None = None,
-               dtype: type = np.float64, finite: bool = True) -> np.ndarray:
-    """`value` as a C-contiguous `dtype` array if it holds real numbers (no bool, complex, string or object values),
+               dtype: type | None = np.float64, finite: bool = True) -> np.ndarray:
+    """`value` as a C-contiguous `dtype` array (None: its own) if it holds real numbers (no bool, complex, string or
+    object values),
     finite unless `finite` is False (the caller names the bad entry itself), with one of `ndims` dimensions
     (described by `layout`) and no empty axis."""
     try:

@@ -28,7 +28,7 @@ from survey.stages.capacity import CapacityStage
 from survey.stages.distances import DistancesStage
 from survey.stages.mei import MeiStage
 
-from .conftest import TINY, with_tracking_store
+from .conftest import TINY, free_port, with_tracking_store
 from .test_survey import catalog_fingerprint, table_counts
 
 pytestmark = pytest.mark.ray
@@ -94,8 +94,10 @@ def cluster(ray_token, monkeypatch) -> Iterator:
 
     # ray.init turns 127.0.0.1 into the machine's outward address, where nothing of ours listens; keep it local
     monkeypatch.setattr(services, "resolve_ip_for_localhost", lambda host: host)
+    # the head runs the dashboard, whose state API (ray.util.state) the tests read the actors from
     cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
-                      head_node_args={"num_cpus": 0, "node_ip_address": LOCAL, "include_dashboard": False})
+                      head_node_args={"num_cpus": 0, "node_ip_address": LOCAL, "include_dashboard": True,
+                                      "dashboard_host": LOCAL, "dashboard_port": free_port()})
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1, node_ip_address=LOCAL)
@@ -113,11 +115,12 @@ def _ray_config(cluster, sections: dict | None = None):
         "restart_timeout_s": 20}})
 
 
-def _stage_workers(state: str | None = None) -> list[dict]:
-    from ray._private.state import actors
+def _stage_workers(state: str | None = None) -> list:
+    """The StageWorker actors of the cluster this process is connected to (in `state`), from Ray's state API."""
+    from ray.util.state import list_actors
 
-    return [actor for actor in actors().values() if actor["ActorClassName"] == "StageWorker"
-            and (state is None or actor["State"] == state)]
+    filters = [("class_name", "=", "StageWorker")] + ([("state", "=", state)] if state else [])
+    return list_actors(filters=filters, detail=True, raise_on_missing_output=False)
 
 
 def _when_committed(warehouse: Warehouse, table: str, fault: Callable[[], None], reference: Warehouse,
@@ -182,17 +185,18 @@ def _actor_killer(killed: list[str]) -> Callable[[], None]:
     its id goes to `killed`."""
 
     def kill() -> None:
-        actor = min(_stage_workers("ALIVE"), key=lambda actor: killed.count(actor["ActorID"]))
-        os.kill(actor["Pid"], signal.SIGKILL)
-        killed.append(actor["ActorID"])
+        actor = min(_stage_workers("ALIVE"), key=lambda actor: killed.count(actor.actor_id))
+        os.kill(actor.pid, signal.SIGKILL)
+        killed.append(actor.actor_id)
 
     return kill
 
 
 def _assert_restarted_in_place(killed: list[str]) -> None:
-    by_id = {actor["ActorID"]: actor for actor in _stage_workers()}
+    by_id = {actor.actor_id: actor for actor in _stage_workers()}
     assert len(by_id) == 2, "a killed actor should be restarted in place, not replaced"
-    assert {actor: by_id[actor]["NumRestarts"] for actor in killed} == {actor: killed.count(actor) for actor in killed}
+    assert {actor: int(by_id[actor].num_restarts) for actor in killed} == {actor: killed.count(actor)
+                                                                          for actor in killed}
 
 
 @pytest.mark.slow

@@ -110,10 +110,10 @@ def test_a_rerun_after_a_kill_adds_no_mlflow_run(warehouse, monkeypatch):
     config = parse_config(mei_dict(targets(warehouse)[:1], steps=20))
     original = Warehouse.append_unit
 
-    def killed(self, table, key, rows):
+    def killed(self, table, key, rows, **options):
         if table == "mei_runs":
             raise KeyboardInterrupt  # after the MLflow runs were logged, before the rows landed
-        return original(self, table, key, rows)
+        return original(self, table, key, rows, **options)
 
     monkeypatch.setattr(Warehouse, "append_unit", killed)
     with pytest.raises(KeyboardInterrupt):

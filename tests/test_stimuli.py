@@ -226,10 +226,7 @@ def test_array_file_nan_is_a_one_line_error_naming_the_path(tmp_path) -> None:
     with pytest.raises(SurveyError) as info:
         ArrayFile(name="mine", path=path).generate()
     message = str(info.value)
-    assert message == (
-        f"stimulus set 'mine': {path} contains NaN or infinite values; "
-        "replace them (e.g. numpy.nan_to_num) and run again"
-    )
+    assert message == f"stimulus set 'mine': {path} has 1 non-finite values (NaN or inf); drop or impute them"
     assert "\n" not in message
 
 
@@ -240,7 +237,7 @@ def test_array_file_nan_is_a_one_line_error_naming_the_path(tmp_path) -> None:
         (np.zeros((4, 8), np.float32), "shape (4, 8)"),
         (np.zeros((2, 5, 8, 8), np.float32), "C = 1 or 3"),
         (np.full((2, 8, 8), 2.0, np.float32), "outside [0, 1]"),
-        (np.full((2, 8, 8), np.inf, np.float32), "NaN or infinite"),
+        (np.full((2, 8, 8), np.inf, np.float32), "non-finite values (NaN or inf)"),
         (np.zeros((0, 8, 8), np.float32), "empty"),
     ],
 )

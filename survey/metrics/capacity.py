@@ -163,9 +163,9 @@ def _check_t_vectors(t_vectors: Sequence[np.ndarray], dims: list[int], n_t: int)
         raise SurveyError(f"t_vectors has {len(t_vectors)} arrays for {len(dims)} manifolds; pass one per manifold")
     ts = []
     for mu, (t, d) in enumerate(zip(t_vectors, dims, strict=True)):
-        t = np.asarray(t, dtype=np.float64)
-        if t.shape != (d + 1, n_t) or not np.isfinite(t).all():
-            raise SurveyError(f"t_vectors[{mu}] has shape {t.shape}; pass finite Gaussian samples of shape "
+        t = real_array(t, f"t_vectors[{mu}]", (2,), "(D+1) × n_t")
+        if t.shape != (d + 1, n_t):
+            raise SurveyError(f"t_vectors[{mu}] has shape {t.shape}; pass Gaussian samples of shape "
                               f"(D+1, n_t) = ({d + 1}, {n_t}), D = min(N, M_μ)")
         ts.append(t)
     return ts

@@ -224,12 +224,12 @@ def _smooth_ladder(maps: ArrayLike, sem: ArrayLike) -> tuple[np.ndarray, np.ndar
     """Maps (B × H × W) smoothed at the discrepancy-principle width, and those widths (B)."""
     batch = _as_batch(maps, "maps", core_ndim=2, shape_hint="one H × W map or a B × H × W batch")
     try:
-        noise = np.broadcast_to(np.asarray(sem, dtype=np.float64), np.shape(maps))
-    except (TypeError, ValueError):
+        noise = np.broadcast_to(real_array(sem, "sem"), np.shape(maps))
+    except ValueError:
         raise SurveyError(f"sem has shape {np.shape(sem)}, maps {np.shape(maps)}: pass sem broadcastable to maps "
                           "(per-map scalars as B × 1 × 1)") from None
-    if not np.isfinite(noise).all() or (noise < 0).any():
-        raise SurveyError("sem has negative or non-finite values: pass standard errors ≥ 0")
+    if (noise < 0).any():
+        raise SurveyError("sem has negative values: pass standard errors ≥ 0")
     budget = np.sqrt((noise.reshape(batch.shape) ** 2).mean(axis=(1, 2)))
     smoothed, sigma = batch.copy(), np.zeros(len(batch))
     still = np.ones(len(batch), bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -71,8 +72,9 @@ class RayExecutor:
         self.config = config
         self._actors: list = []  # every actor of the pool, placed or not
         self._ready: list = []  # the placed ones, which get units
-        self._starting: dict = {}  # ready-check ObjectRef -> actor not yet placed
-        self._not_alive_since: dict = {}  # actor id -> when it was first seen restarting
+        self._starting: dict = {}  # first ping's ObjectRef -> actor not yet placed
+        self._pings: dict = {}  # ObjectRef of a ping not answered yet -> the actor pinged
+        self._heard: dict[int, float] = {}  # id(actor) -> when it last answered a ping (or was handed a unit)
         self._started_cluster = False
 
     def _address(self) -> str | None:
@@ -115,6 +117,7 @@ class RayExecutor:
             num_gpus=self.config.num_gpus_per_worker,
             max_restarts=self.config.max_restarts,
             max_task_retries=self.config.max_task_retries,
+            max_concurrency=2,  # a ping is answered while a unit runs (one unit at a time is handed to an actor)
         )
         for _ in range(self.config.num_workers):
             self._start_actor()
@@ -143,6 +146,7 @@ class RayExecutor:
             while queue and idle:
                 actor, unit = idle.pop(0), queue.pop()
                 running[actor.run.remote(shipped, unit, warehouse.uri, info)] = (actor, unit)
+                self._heard[id(actor)] = time.monotonic()  # its clock starts with the unit
             if not running:  # no actor placed yet (the cluster may be scaling up): wait, as Ray itself would
                 if self._starting:
                     ray.wait(list(self._starting), num_returns=1, timeout=self.POLL_S, fetch_local=False)
@@ -173,7 +177,7 @@ class RayExecutor:
     def _start_actor(self) -> object:
         actor = self._worker.remote()
         self._actors.append(actor)
-        self._starting[actor.__ray_ready__.remote()] = actor
+        self._starting[actor.ping.remote()] = actor
         return actor
 
     def _admit_ready(self) -> None:
@@ -191,22 +195,24 @@ class RayExecutor:
     def _replace(self, actor) -> None:
         self._actors = [other for other in self._actors if other is not actor]
         self._ready = [other for other in self._ready if other is not actor]
-        self._not_alive_since.pop(actor._actor_id, None)
+        self._heard.pop(id(actor), None)
+        self._pings = {ref: other for ref, other in self._pings.items() if other is not actor}
         self._start_actor()
 
     def _lost(self, actor) -> bool:
-        """Whether `actor` has been out of the ALIVE state (restarting, unplaced) for over `restart_timeout_s`."""
-        from ray._private.state import actors as actor_table  # the GCS actor table; needs no dashboard
+        """Whether `actor` has answered no ping for over `restart_timeout_s` (it is restarting and no node has room
+        for it, or its node is gone). Pings go to the actor's second thread, so one running a unit answers."""
+        import ray
 
-        try:
-            state = actor_table(actor_id=actor._actor_id.hex()).get("State")
-        except Exception:  # a state lookup that fails is no evidence the actor is gone
-            return False
-        if state == "ALIVE":
-            self._not_alive_since.pop(actor._actor_id, None)
-            return False
-        since = self._not_alive_since.setdefault(actor._actor_id, time.monotonic())
-        return time.monotonic() - since > self.config.restart_timeout_s
+        answered, _ = ray.wait(list(self._pings), num_returns=len(self._pings), timeout=0, fetch_local=False)
+        for ref in answered:
+            pinged = self._pings.pop(ref)
+            with contextlib.suppress(ray.exceptions.RayError):  # a dead actor's own unit reports its death
+                ray.get(ref)
+                self._heard[id(pinged)] = time.monotonic()
+        if not any(pinged is actor for pinged in self._pings.values()):
+            self._pings[actor.ping.remote()] = actor
+        return time.monotonic() - self._heard.get(id(actor), time.monotonic()) > self.config.restart_timeout_s
 
     def close(self) -> None:
         """Stop the actors (on a cluster we joined, their CPUs/GPUs are free at once, not when their handles are
@@ -219,7 +225,7 @@ class RayExecutor:
                     ray.kill(actor)
             if self._started_cluster:
                 ray.shutdown()
-        self._actors, self._ready, self._starting, self._not_alive_since = [], [], {}, {}
+        self._actors, self._ready, self._starting, self._pings, self._heard = [], [], {}, {}, {}
 
 
 class StageWorker:
@@ -227,6 +233,10 @@ class StageWorker:
 
     def run(self, stage: Stage, unit: WorkUnit, warehouse_uri: str, info: RunInfo) -> dict[str, int]:
         return run_unit(stage, unit, warehouse_uri, info)
+
+    def ping(self) -> int:
+        """This actor's process id: an answer says it is placed and alive."""
+        return os.getpid()
 
     def placement(self) -> tuple[list, str]:
         """The GPUs Ray gave this actor and the device its units compute on (`device: auto`): its GPU where CUDA is

@@ -37,6 +37,7 @@ from torch.nn import functional as nnf
 
 from survey.atomic import staged_path
 from survey.errors import SurveyError
+from survey.validation import real_array
 
 AREAS = ("V1", "V4", "IT")
 LATENCY = 0.05  # s from stimulus onset to the start of the response window, which ends at stimulus offset
@@ -296,12 +297,12 @@ def _check_stimulus_sets(stimulus_sets: dict[str, np.ndarray]) -> dict[str, np.n
         raise SurveyError("no stimulus sets given; pass at least one name → N × 3 × H × H image array")
     checked = {}
     for name, images in stimulus_sets.items():
-        images = np.asarray(images, dtype=np.float32)
-        if not name or images.ndim != 4 or len(images) == 0 or images.shape[1] != 3:
-            raise SurveyError(
-                f"stimulus set {name!r} of shape {images.shape} is not a named, non-empty N × 3 × H × H array"
-            )
-        if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
+        if not name:
+            raise SurveyError("a stimulus set has no name; name every set (name → N × 3 × H × H images)")
+        images = real_array(images, f"stimulus set {name!r}", (4,), "N × 3 × H × H", dtype=np.float32)
+        if images.shape[1] != 3:
+            raise SurveyError(f"stimulus set {name!r} has shape {images.shape}; pass N × 3 × H × H images")
+        if images.min() < 0.0 or images.max() > 1.0:
             raise SurveyError(f"stimulus set {name!r} has values outside [0, 1]; rescale the images")
         checked[name] = images
     return checked
