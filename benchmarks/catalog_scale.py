@@ -32,7 +32,6 @@ import numpy as np
 
 from survey.catalog import Warehouse
 from survey.config import CatalogConfig
-from survey.runtime.survey import compact_written
 
 QUERIES = {
     "count": "SELECT count(*) FROM shape_distances",
@@ -75,8 +74,9 @@ def write_distances(root: str, pair_reps: int, per_commit: int, writer: int, wri
             {"rep_a": rep_id(a), "rep_b": rep_id(b), "stimset_id": "stim-bench", "metric": "linear", "alpha": 1.0,
              "score_method": "angular", "center": True, "distance": float(d), **PROVENANCE}
             for a, b, d in zip(rows[chunk], cols[chunk], values[chunk], strict=True)])
-        if compacting and writer == 0 and done % upkeep.compact_after == 0:
-            compact_written(warehouse, {"shape_distances": done}, upkeep)
+        if compacting and writer == 0 and done % upkeep.compact_after == 0 and warehouse.mergeable_files(
+                "shape_distances", upkeep.small_file_bytes) >= upkeep.compact_after:  # as a stage's Compactor does
+            warehouse.compact("shape_distances", upkeep.vacuum_hours, upkeep.small_file_bytes)
         if writer == 0 and done % 1000 == 0:
             log(f"writer 0: {done}/{len(mine)} commits")
     return len(mine)

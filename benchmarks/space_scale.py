@@ -1,7 +1,8 @@
 """A space over a survey too big for all pairs: landmark rows only, landmark MDS, FAISS, exact rerank.
 
     python benchmarks/space_scale.py [--n 50000] [--stimuli 200] [--units 16] [--landmarks 200] [--dim 32]
-        [--tile-size 2048] [--executor ray|local] [--queries 50] [--latency-queries 200] [--workdir DIR]
+        [--tile-size 2048] [--executor ray|local] [--compact-after 64] [--queries 50] [--latency-queries 200]
+        [--workdir DIR]
 
 N cheap synthetic representations (survey.sources.families: `--stimuli` × `--units`) go through the real stages:
 `distances` with ``pairs: landmarks`` (maxmin landmarks picked round by round, each round's row spread over the
@@ -62,13 +63,16 @@ def rss_mib() -> float:
 
 @contextlib.contextmanager
 def sampled_peak_rss(period_s: float = 0.2) -> Iterator[dict]:
-    """This process's RSS sampled every `period_s` while the block runs: yields a dict that gets `peak_mib` and
-    `end_mib` (ru_maxrss cannot be reset, so it would count what ran before)."""
-    result, stop = {"peak_mib": rss_mib()}, threading.Event()
+    """This process's RSS sampled every `period_s` while the block runs: yields a dict that gets `peak_mib`,
+    `end_mib` and `every_10_s_mib` (ru_maxrss cannot be reset, so it would count what ran before)."""
+    result, stop, start = {"peak_mib": rss_mib(), "every_10_s_mib": []}, threading.Event(), time.monotonic()
 
     def sample() -> None:
         while not stop.wait(period_s):
-            result["peak_mib"] = max(result["peak_mib"], rss_mib())
+            now = rss_mib()
+            result["peak_mib"] = max(result["peak_mib"], now)
+            if time.monotonic() - start >= 10 * len(result["every_10_s_mib"]):
+                result["every_10_s_mib"].append(round(now))
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -95,6 +99,7 @@ def build(args: argparse.Namespace, warehouse: Warehouse) -> dict:
         "spaces": {"build": [{"metric": METRIC, "stimuli": "synthetic", "dim": args.dim,
                               "landmarks": args.landmarks}]},
         "stages": ["distances", "spaces"],
+        **({"catalog": {"compact_after": args.compact_after}} if args.compact_after else {}),
     })
     write_rss = peak_rss_mib()
     with sampled_peak_rss() as survey_rss:
@@ -118,6 +123,7 @@ def build(args: argparse.Namespace, warehouse: Warehouse) -> dict:
             "driver_peak_rss_mib_writing": round(write_rss),
             "driver_peak_rss_mib_surveying": round(survey_rss["peak_mib"]),
             "driver_rss_mib_after_survey": round(survey_rss["end_mib"]),
+            "driver_rss_mib_every_10_s": survey_rss["every_10_s_mib"],
             "goal_driver_le_2gb": survey_rss["peak_mib"] <= 2048}
 
 
@@ -194,6 +200,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--tile-size", type=int, default=2048)
     parser.add_argument("--executor", choices=["ray", "local"], default="ray")
+    parser.add_argument("--compact-after", type=int, default=None, help="catalog.compact_after (default: the config's)")
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--workdir", default=None)

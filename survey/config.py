@@ -352,8 +352,8 @@ class SpacesConfig(_Strict):
 class CatalogConfig(_Strict):
     """Upkeep of the Delta tables. Every `compact_after` units, and when it ends, a stage compacts each table it
     wrote once compaction would fold away `compact_after` files under `small_file_bytes` (a commit's cost grows with
-    the table's live files), and vacuums files superseded more than `vacuum_hours` ago (a query or a unit of work
-    running that long still finds its files)."""
+    the table's live files) into files of that size, and vacuums files superseded more than `vacuum_hours` ago (a
+    query or a unit of work running that long still finds its files)."""
 
     compact_after: int = Field(64, ge=2)
     small_file_bytes: int = Field(16 << 20, ge=1)

@@ -294,16 +294,18 @@ class Warehouse:
         groups = small.group_by(partitions).aggregate([]).num_rows if partitions else min(small.num_rows, 1)
         return small.num_rows - groups
 
-    def compact(self, table: str, vacuum_hours: int) -> dict[str, int]:
-        """Rewrite `table`'s small files into large ones (one commit that changes no row: a reader of either
-        snapshot gets the same answer), then vacuum the files superseded more than `vacuum_hours` ago and those no
-        commit references that are as old (a killed writer's). A query or writer that started less than
-        `vacuum_hours` ago keeps its files, so leave it above the longest query and the longest unit of work."""
+    def compact(self, table: str, vacuum_hours: int, target_bytes: int | None = None) -> dict[str, int]:
+        """Rewrite `table`'s files under `target_bytes` (None: delta-rs's default) into files of about that size (one
+        commit that changes no row: a reader of either snapshot gets the same answer); a file that reached the size
+        is not rewritten again, so a growing table's compactions stay small. Then vacuum the files superseded more
+        than `vacuum_hours` ago and those no commit references that are as old (a killed writer's). A query or
+        writer that started less than `vacuum_hours` ago keeps its files, so leave it above the longest query and
+        the longest unit of work."""
         snapshot = self.delta(table)
         if snapshot is None:
             return {"files_removed": 0, "files_added": 0, "files_vacuumed": 0}
         try:
-            metrics = snapshot.optimize.compact()
+            metrics = snapshot.optimize.compact(target_size=target_bytes)
         except CommitFailedError:  # a concurrent compaction of the same files committed first: its result stands
             metrics = {"numFilesRemoved": 0, "numFilesAdded": 0}
         vacuumed = snapshot.vacuum(retention_hours=vacuum_hours, dry_run=False, enforce_retention_duration=False,
@@ -510,6 +512,11 @@ class Warehouse:
             with contextlib.suppress(OSError):
                 self.fs.delete_file(staged)
             raise
+
+
+def compact_table(uri: str, table: str, vacuum_hours: int, target_bytes: int) -> dict[str, int]:
+    """`Warehouse(uri).compact(…)`, for a process that has no warehouse open (a compactor's)."""
+    return Warehouse(uri).compact(table, vacuum_hours, target_bytes)
 
 
 def _file_name(path: str) -> str:

@@ -70,9 +70,11 @@ def compact(
     unknown = sorted(set(chosen) - set(TABLES))
     if unknown:
         raise SurveyError(f"--table: unknown tables {unknown}; choose from {', '.join(TABLES)}")
-    hours = CatalogConfig().vacuum_hours if retention_hours is None else retention_hours
+    settings = CatalogConfig()
+    hours = settings.vacuum_hours if retention_hours is None else retention_hours
     print_table(["table", "files_removed", "files_added", "files_vacuumed"],
-                [{"table": name, **store.compact(name, hours)} for name in chosen], title="compaction")
+                [{"table": name, **store.compact(name, hours, settings.small_file_bytes)} for name in chosen],
+                title="compaction")
 
 
 @app.command()

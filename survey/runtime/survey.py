@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tqdm.auto import tqdm
 
 from survey.catalog import Warehouse
+from survey.catalog.warehouse import compact_table
 from survey.config import STAGE_NAMES, CatalogConfig, SurveyConfig
 from survey.hashing import canonical_json
 from survey.runtime.executors import Executor, make_executor
@@ -108,16 +111,18 @@ def run_survey(
     warehouse.ensure_writable()
     info = RunInfo(run_id=uuid.uuid4().hex[:16], threads=config.executor.threads_per_worker)
     reports = []
+    compactor = Compactor(config.catalog)
     try:
         for stage in selected:
-            reports.append(_run_stage(stage, warehouse, executor, info, progress, config.catalog))
+            reports.append(_run_stage(stage, warehouse, executor, info, progress, compactor))
     finally:
         executor.close()
+        compactor.close()
     return reports
 
 
 def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: RunInfo, progress: bool,
-               upkeep: CatalogConfig) -> StageReport:
+               compactor: Compactor) -> StageReport:
     """Plan, skip what is committed, run the rest, compact what was written (every `compact_after` units, as
     workers keep committing, and at the end); an iterative stage plans again after each round."""
     started, clock = datetime.now(UTC), time.perf_counter()
@@ -137,12 +142,12 @@ def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: Run
                 for count, result in enumerate(executor.map(stage, pending, warehouse, info), start=1):
                     rows.update(result)
                     bar.update()
-                    if count % upkeep.compact_after == 0:  # a commit's cost grows with the table's live files
-                        compact_written(warehouse, rows, upkeep)
+                    if count % compactor.settings.compact_after == 0:  # a commit's cost grows with live files
+                        compactor.compact_written(warehouse, rows)
                 run += len(pending)
                 if not stage.iterative:
                     break
-                compact_written(warehouse, rows, upkeep)
+                compactor.compact_written(warehouse, rows)
                 units = stage.plan(warehouse, info)
     if run:
         record = {
@@ -152,7 +157,7 @@ def _run_stage(stage: Stage, warehouse: Warehouse, executor: Executor, info: Run
             "rows": canonical_json(dict(rows)), **info.provenance(),
         }
         rows["runs"] += warehouse.append_unit("runs", f"{info.run_id}-{stage.name}", [record])
-        compact_written(warehouse, rows, upkeep)
+        compactor.compact_written(warehouse, rows)
     return StageReport(stage.name, len(planned), run, time.perf_counter() - clock, dict(rows))
 
 
@@ -168,8 +173,30 @@ def _finishing(stage: Stage, warehouse: Warehouse, info: RunInfo) -> Iterator[No
     stage.finish(warehouse, info, None)
 
 
-def compact_written(warehouse: Warehouse, rows: dict[str, int], settings: CatalogConfig) -> None:
-    """Compact each table that got rows, once compaction would fold away `compact_after` small files."""
-    for table, count in rows.items():
-        if count and warehouse.mergeable_files(table, settings.small_file_bytes) >= settings.compact_after:
-            warehouse.compact(table, settings.vacuum_hours)
+class Compactor:
+    """Compacts the tables a survey writes, in one spawned child process recycled every `RECYCLE_AFTER`
+    compactions: delta-rs keeps the memory a rewrite allocated (delta-rs issue #4241), so compactions run in the
+    driver would grow it step by step over a long survey (at 20,000 representations, 40 landmark rounds: 885 →
+    1,254 MB in the driver, against 1,017 MB with no compaction)."""
+
+    RECYCLE_AFTER = 16
+
+    def __init__(self, settings: CatalogConfig) -> None:
+        self.settings = settings
+        self._child: ProcessPoolExecutor | None = None
+
+    def compact_written(self, warehouse: Warehouse, rows: dict[str, int]) -> None:
+        """Compact each table that got rows, once compaction would fold away `compact_after` small files."""
+        settings = self.settings
+        for table, count in rows.items():
+            if count and warehouse.mergeable_files(table, settings.small_file_bytes) >= settings.compact_after:
+                if self._child is None:  # spawned: delta-rs does not survive a fork
+                    self._child = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
+                                                      max_tasks_per_child=self.RECYCLE_AFTER)
+                self._child.submit(compact_table, warehouse.uri, table, settings.vacuum_hours,
+                                   settings.small_file_bytes).result()
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.shutdown()
+            self._child = None
