@@ -514,11 +514,6 @@ class Warehouse:
             raise
 
 
-def compact_table(uri: str, table: str, vacuum_hours: int, target_bytes: int) -> dict[str, int]:
-    """`Warehouse(uri).compact(…)`, for a process that has no warehouse open (a compactor's)."""
-    return Warehouse(uri).compact(table, vacuum_hours, target_bytes)
-
-
 def _file_name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 

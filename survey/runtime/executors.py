@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -142,9 +143,10 @@ class RayExecutor:
         while queue or running:
             self._admit_ready()
             busy = {id(actor) for actor, _ in running.values()}
-            idle = [actor for actor in self._ready if id(actor) not in busy]
+            idle = [(slot, actor) for slot, actor in enumerate(self._ready) if id(actor) not in busy]
             while queue and idle:
-                actor, unit = idle.pop(0), queue.pop()
+                slot, actor = idle.pop(0)
+                unit = next_unit(queue, slot, len(self._ready))
                 running[actor.run.remote(shipped, unit, warehouse.uri, info)] = (actor, unit)
                 self._heard[id(actor)] = time.monotonic()  # its clock starts with the unit
             if not running:  # no actor placed yet (the cluster may be scaling up): wait, as Ray itself would
@@ -226,6 +228,17 @@ class RayExecutor:
             if self._started_cluster:
                 ray.shutdown()
         self._actors, self._ready, self._starting, self._pings, self._heard = [], [], {}, {}, {}
+
+
+def next_unit(queue: list[WorkUnit], slot: int, slots: int) -> WorkUnit:
+    """Take from `queue` (next unit last) the unit for the worker in `slot` of `slots`: the next whose affinity falls
+    to that slot, else the next of any (a worker with nothing of its own left takes another's: none idles while
+    units wait)."""
+    for position in range(len(queue) - 1, -1, -1):
+        affinity = queue[position].affinity
+        if affinity is not None and zlib.crc32(affinity.encode()) % slots == slot:
+            return queue.pop(position)
+    return queue.pop()
 
 
 class StageWorker:

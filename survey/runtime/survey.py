@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tqdm.auto import tqdm
 
 from survey.catalog import Warehouse
-from survey.catalog.warehouse import compact_table
-from survey.config import STAGE_NAMES, CatalogConfig, SurveyConfig
+from survey.config import STAGE_NAMES, SurveyConfig
 from survey.hashing import canonical_json
+from survey.runtime.compactor import Compactor
 from survey.runtime.executors import Executor, make_executor
 from survey.stages import RunInfo, Stage
 from survey.stages.activations import ActivationsStage
@@ -171,32 +169,3 @@ def _finishing(stage: Stage, warehouse: Warehouse, info: RunInfo) -> Iterator[No
             stage.finish(warehouse, info, error)
         raise
     stage.finish(warehouse, info, None)
-
-
-class Compactor:
-    """Compacts the tables a survey writes, in one spawned child process recycled every `RECYCLE_AFTER`
-    compactions: delta-rs keeps the memory a rewrite allocated (delta-rs issue #4241), so compactions run in the
-    driver would grow it step by step over a long survey (at 20,000 representations, 40 landmark rounds: 885 →
-    1,254 MB in the driver, against 1,017 MB with no compaction)."""
-
-    RECYCLE_AFTER = 16
-
-    def __init__(self, settings: CatalogConfig) -> None:
-        self.settings = settings
-        self._child: ProcessPoolExecutor | None = None
-
-    def compact_written(self, warehouse: Warehouse, rows: dict[str, int]) -> None:
-        """Compact each table that got rows, once compaction would fold away `compact_after` small files."""
-        settings = self.settings
-        for table, count in rows.items():
-            if count and warehouse.mergeable_files(table, settings.small_file_bytes) >= settings.compact_after:
-                if self._child is None:  # spawned: delta-rs does not survive a fork
-                    self._child = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
-                                                      max_tasks_per_child=self.RECYCLE_AFTER)
-                self._child.submit(compact_table, warehouse.uri, table, settings.vacuum_hours,
-                                   settings.small_file_bytes).result()
-
-    def close(self) -> None:
-        if self._child is not None:
-            self._child.shutdown()
-            self._child = None

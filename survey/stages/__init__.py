@@ -30,12 +30,15 @@ from survey.hashing import content_key
 @dataclass(frozen=True)
 class WorkUnit:
     """One content-keyed piece of work; `payload` is small (configs and URIs, never big arrays). `supersedes`: the
-    keys the same work had at the stage's older versions, whose rows this unit's commits replace."""
+    keys the same work had at the stage's older versions, whose rows this unit's commits replace. `affinity`: units
+    that share it read the same inputs, so an executor with a pool runs them on the same worker, whose caches then
+    hold them (e.g. a block of representations' prepared factors)."""
 
     key: str
     label: str
     payload: dict[str, Any] = field(default_factory=dict)
     supersedes: tuple[str, ...] = ()
+    affinity: str | None = None
 
 
 class Stage(ABC):
@@ -68,16 +71,18 @@ class Stage(ABC):
         """Called once the stage's units have run (`error` None) or the stage stopped on `error`: close what
         planning opened (e.g. an MLflow parent run). Most stages open nothing."""
 
-    def unit(self, prefix: str, parts: Sequence[Any], label: str, payload: dict[str, Any]) -> WorkUnit:
+    def unit(self, prefix: str, parts: Sequence[Any], label: str, payload: dict[str, Any],
+             affinity: str | None = None) -> WorkUnit:
         """The unit of work `parts` (everything its result depends on), keyed ``content_key(prefix, *parts,
         version)``."""
-        return self.versioned_unit(lambda version: content_key(prefix, *parts, version), label, payload)
+        return self.versioned_unit(lambda version: content_key(prefix, *parts, version), label, payload, affinity)
 
-    def versioned_unit(self, key_at: Callable[[int], str], label: str, payload: dict[str, Any]) -> WorkUnit:
+    def versioned_unit(self, key_at: Callable[[int], str], label: str, payload: dict[str, Any],
+                       affinity: str | None = None) -> WorkUnit:
         """A unit whose key at stage version v is `key_at(v)` (for keys other tables look up, such as a stimulus
         set's id); it supersedes its keys at versions 1 … version − 1."""
         return WorkUnit(key_at(self.version), label, payload,
-                        tuple(key_at(version) for version in range(1, self.version)))
+                        tuple(key_at(version) for version in range(1, self.version)), affinity)
 
     def commit(self, warehouse: Warehouse, table: str, unit: WorkUnit, rows: list[dict]) -> int:
         """Append `unit`'s `rows` to `table` in one atomic commit that also removes the rows of the keys it

@@ -142,7 +142,8 @@ class DistancesStage(Stage):
                     continue
                 parts = [recipe, stimset["stimset_id"], blocks[i].block_id, blocks[j].block_id]
                 units.append(self.unit("dist", parts, f"{metric.label} · {stimset['name']} · tile {i},{j}", {
-                    "metric": metric, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols}))
+                    "metric": metric, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols},
+                    affinity=blocks[i].block_id))
         return units
 
     def _landmark_rows(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, blocks: list[Block],
@@ -205,7 +206,7 @@ class DistancesStage(Stage):
                                                          [rep["rep_id"] for rep in cols]],
                                        f"{metric.label} · {stimset['name']} · landmark {r + 1}", {
                     "metric": metric, "stimset_id": stimset["stimset_id"], "rows": [members[landmark]],
-                    "cols": cols, "round": r}))
+                    "cols": cols, "round": r}, affinity=block.block_id))
         return units
 
     def _check_mode(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, sequence: list[str]) -> None:
