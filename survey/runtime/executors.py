@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import zlib
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -231,12 +230,12 @@ class RayExecutor:
 
 
 def next_unit(queue: list[WorkUnit], slot: int, slots: int) -> WorkUnit:
-    """Take from `queue` (next unit last) the unit for the worker in `slot` of `slots`: the next whose affinity falls
-    to that slot, else the next of any (a worker with nothing of its own left takes another's: none idles while
-    units wait)."""
+    """Take from `queue` (next unit last) the unit for the worker in `slot` of `slots`: the next whose affinity is
+    `slot` mod `slots`, else the next of any (a worker with nothing of its own left takes another's: none idles
+    while units wait)."""
     for position in range(len(queue) - 1, -1, -1):
         affinity = queue[position].affinity
-        if affinity is not None and zlib.crc32(affinity.encode()) % slots == slot:
+        if affinity is not None and affinity % slots == slot:
             return queue.pop(position)
     return queue.pop()
 

@@ -31,14 +31,14 @@ from survey.hashing import content_key
 class WorkUnit:
     """One content-keyed piece of work; `payload` is small (configs and URIs, never big arrays). `supersedes`: the
     keys the same work had at the stage's older versions, whose rows this unit's commits replace. `affinity`: units
-    that share it read the same inputs, so an executor with a pool runs them on the same worker, whose caches then
-    hold them (e.g. a block of representations' prepared factors)."""
+    that share it read the same inputs (e.g. block i of the representations, whose prepared factors they load), so
+    an executor with a pool of n workers runs them on worker `affinity mod n`, whose caches then hold them."""
 
     key: str
     label: str
     payload: dict[str, Any] = field(default_factory=dict)
     supersedes: tuple[str, ...] = ()
-    affinity: str | None = None
+    affinity: int | None = None
 
 
 class Stage(ABC):
@@ -72,13 +72,13 @@ class Stage(ABC):
         planning opened (e.g. an MLflow parent run). Most stages open nothing."""
 
     def unit(self, prefix: str, parts: Sequence[Any], label: str, payload: dict[str, Any],
-             affinity: str | None = None) -> WorkUnit:
+             affinity: int | None = None) -> WorkUnit:
         """The unit of work `parts` (everything its result depends on), keyed ``content_key(prefix, *parts,
         version)``."""
         return self.versioned_unit(lambda version: content_key(prefix, *parts, version), label, payload, affinity)
 
     def versioned_unit(self, key_at: Callable[[int], str], label: str, payload: dict[str, Any],
-                       affinity: str | None = None) -> WorkUnit:
+                       affinity: int | None = None) -> WorkUnit:
         """A unit whose key at stage version v is `key_at(v)` (for keys other tables look up, such as a stimulus
         set's id); it supersedes its keys at versions 1 … version − 1."""
         return WorkUnit(key_at(self.version), label, payload,

@@ -143,7 +143,7 @@ class DistancesStage(Stage):
                 parts = [recipe, stimset["stimset_id"], blocks[i].block_id, blocks[j].block_id]
                 units.append(self.unit("dist", parts, f"{metric.label} · {stimset['name']} · tile {i},{j}", {
                     "metric": metric, "stimset_id": stimset["stimset_id"], "rows": rows, "cols": cols},
-                    affinity=blocks[i].block_id))
+                    affinity=i))
         return units
 
     def _landmark_rows(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, blocks: list[Block],
@@ -198,7 +198,7 @@ class DistancesStage(Stage):
         hold those pairs already), so every pair is computed once."""
         recipe, landmark, units = self.recipe(metric), sequence[r], []
         earlier = set(sequence[:r + 1])
-        for block in blocks:
+        for index, block in enumerate(blocks):
             cols = [members[rep] for rep in block.rep_ids if rep not in earlier and eligible(metric.metric,
                                                                                               members[rep])]
             if cols:
@@ -206,7 +206,7 @@ class DistancesStage(Stage):
                                                          [rep["rep_id"] for rep in cols]],
                                        f"{metric.label} · {stimset['name']} · landmark {r + 1}", {
                     "metric": metric, "stimset_id": stimset["stimset_id"], "rows": [members[landmark]],
-                    "cols": cols, "round": r}, affinity=block.block_id))
+                    "cols": cols, "round": r}, affinity=index))
         return units
 
     def _check_mode(self, warehouse: Warehouse, metric: DistanceMetric, stimset: dict, sequence: list[str]) -> None:
